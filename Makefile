@@ -1,0 +1,68 @@
+# kobert-pretrain: every target sets itself up; `make test` and `make demo` work on a fresh clone.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+DEMO_DIR ?= runs/demo
+PYTEST_ARGS ?=
+
+# Horovod is compiled against the MXNet in $(VENV); CPU builds use Gloo only.
+HOROVOD_VERSION := 0.28.1
+HOROVOD_CPU_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+	HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 MAKEFLAGS=-j$$(nproc)
+
+.PHONY: help install test test-all demo bench clean distclean
+
+help:
+	@echo "make demo      build the venv and run the pipeline on the bundled Korean corpus"
+	@echo "make test      build the venv and run the default test suite"
+	@echo "make test-all  also run the slow tests"
+	@echo "make bench     run the benchmarks in benchmarks/"
+	@echo "make clean     remove runs/ and caches (keeps .venv)"
+
+# Python packages, the package itself (editable), and the demo corpus (konlpy's bundled
+# text files; --no-deps because its Java tagger, which needs JPype, is never used).
+$(VENV)/.stamp-python: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install "pip>=23" "setuptools>=61,<70" wheel
+	$(PIP) install -e ".[test]"
+	$(PIP) install --no-deps "konlpy==0.6.0"
+	@touch $@
+
+# Horovod from source, after MXNet (it links against libmxnet). Skipped when already built.
+$(VENV)/.stamp-horovod: $(VENV)/.stamp-python
+	@if ! $(BIN)/python -c "import horovod.mxnet" 2>/dev/null; then \
+		echo "building horovod==$(HOROVOD_VERSION) against MXNet (takes a few minutes)"; \
+		$(HOROVOD_CPU_ENV) $(PIP) install --no-build-isolation --no-cache-dir "horovod==$(HOROVOD_VERSION)"; \
+	fi
+	@$(BIN)/horovodrun --check-build > $(VENV)/horovod-check-build.txt
+	@grep -q '\[X\] MXNet' $(VENV)/horovod-check-build.txt || { cat $(VENV)/horovod-check-build.txt; \
+		echo "error: Horovod was built without MXNet support; run 'make distclean install'"; exit 1; }
+	@grep -q '\[X\] Gloo' $(VENV)/horovod-check-build.txt || { cat $(VENV)/horovod-check-build.txt; \
+		echo "error: Horovod was built without Gloo; run 'make distclean install'"; exit 1; }
+	@touch $@
+
+install: $(VENV)/.stamp-horovod
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-all: install
+	$(BIN)/python -m pytest --runslow $(PYTEST_ARGS)
+
+demo: install
+	KOBERT=$(BIN)/kobert-pretrain DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh
+
+bench: install
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+clean:
+	rm -rf runs .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

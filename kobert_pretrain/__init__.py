@@ -1,0 +1,16 @@
+"""kobert-pretrain: raw text to a released BERT.
+
+The pipeline, one module per stage:
+
+    vocab   -> SentencePiece model with fixed special ids   (kobert_pretrain.vocab)
+    shards  -> NSP pairs and masked-LM instances on disk     (kobert_pretrain.shards)
+    train   -> Horovod-distributed GluonNLP BERT, with        (kobert_pretrain.train,
+               checkpoints it can always resume from          kobert_pretrain.checkpoint)
+    convert -> Hugging Face (PyTorch) and ONNX releases       (kobert_pretrain.convert)
+
+Every stage is one importable function that takes its config dataclass
+(`kobert_pretrain.config`) and returns the path it wrote; `kobert-pretrain`
+(`kobert_pretrain.cli`) only parses arguments and dispatches.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,115 @@
+"""`kobert-pretrain`: parse arguments, load the config, call one stage function.
+
+Subcommands take `--config FILE` (TOML, see configs/), plain flags for the
+most used fields, and `--section.field=value` for any field. User mistakes
+end as one line on stderr and exit status 2; nothing else is done here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable
+
+from kobert_pretrain import __version__
+from kobert_pretrain.config import SECTIONS, field_help, load_config
+from kobert_pretrain.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _fields_epilog(sections: tuple[str, ...]) -> str:
+    lines = ["every config field (override with --section.field=value):"]
+    for name in sections:
+        for key, type_name, default, help_text in field_help(SECTIONS[name]):
+            lines.append(f"  --{name}.{key}  ({type_name}, default {default!r})  {help_text}")
+    return "\n".join(lines)
+
+
+def _add_stage(sub, name: str, help_text: str, sections: tuple[str, ...]) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=_fields_epilog(sections),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML config file (e.g. configs/base.toml)")
+    p.set_defaults(sections=sections)
+    return p
+
+
+def _flag(p: argparse.ArgumentParser, *names: str, dest: str, **kw) -> None:
+    """A plain flag that sets the config field `dest` ('section.field')."""
+    p.add_argument(*names, dest=dest, default=argparse.SUPPRESS, **kw)
+
+
+def _run_vocab(args: argparse.Namespace, cfg) -> None:
+    from kobert_pretrain.vocab import build_vocab
+
+    build_vocab(cfg.vocab)
+
+
+def _run_demo_corpus(args: argparse.Namespace, cfg) -> None:
+    from kobert_pretrain.demo import write_demo_corpus
+
+    print(write_demo_corpus(args.out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kobert-pretrain",
+        allow_abbrev=False,
+        description="Raw text to a released BERT: vocab -> shards -> train -> convert.",
+    )
+    parser.add_argument("--version", action="version", version=f"kobert-pretrain {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = _add_stage(sub, "vocab", "train a SentencePiece vocabulary (stage 1)", ("vocab",))
+    _flag(p, "--input", "-i", dest="vocab.input", action="append", metavar="PATH",
+          help="text file, glob or directory; repeat for more")
+    _flag(p, "--out", "-o", dest="vocab.out", metavar="DIR", help="output directory (new or empty)")
+    _flag(p, "--vocab-size", dest="vocab.vocab_size", metavar="N", help="pieces, specials included (8002)")
+    _flag(p, "--model-type", dest="vocab.model_type", choices=["unigram", "bpe"], help="unigram (default) or bpe")
+    _flag(p, "--normalization", dest="vocab.normalization_rule_name", metavar="RULE",
+          help="nmt_nfkc (default) or identity, ...")
+    _flag(p, "--character-coverage", dest="vocab.character_coverage", metavar="F", help="0.9995 by default")
+    _flag(p, "--num-threads", dest="vocab.num_threads", metavar="N", help="training threads (16)")
+    _flag(p, "--seed", dest="vocab.seed", metavar="N", help="sampling seed (42)")
+    p.set_defaults(run=_run_vocab)
+
+    p = sub.add_parser("demo-corpus", help="write the bundled Korean demo corpus (from konlpy) to a file")
+    p.add_argument("--out", "-o", required=True, metavar="FILE")
+    p.set_defaults(run=_run_demo_corpus, sections=())
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if a.startswith("--") and "." in a.split("=", 1)[0]]
+    unknown = [a for a in extra if a not in overrides]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    run: Callable = args.run
+    sections: tuple[str, ...] = args.sections
+    flags = {k: v for k, v in vars(args).items() if "." in k}
+    try:
+        cfg = load_config(args.__dict__.get("config"), overrides, validate=sections, flags=flags) if sections else None
+        run(args, cfg)
+    except UserError as e:
+        print(f"kobert-pretrain: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as e:
+        # Disk full, permission denied, a path that vanished: one line, unless debugging.
+        if os.environ.get("KOBERT_DEBUG"):
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"kobert-pretrain: error: {e.strerror or e}{where}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("kobert-pretrain: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,244 @@
+"""One config dataclass per stage, loaded from TOML and overridable on the CLI.
+
+Precedence: CLI (`--section.field=value` or a plain flag such as `--vocab-size`)
+> TOML file (`[section]` tables, see `configs/`) > the defaults below.
+Every field carries a one-line help text with its unit; `kobert-pretrain
+SUBCOMMAND --help` lists them. Problems are collected and reported together
+(`ConfigError`), before any stage starts work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kobert_pretrain.errors import ConfigError, UserError
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a help text (shown by --help)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+SPM_MODEL_TYPES = ("unigram", "bpe")
+SPM_NORMALIZATIONS = ("nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf", "identity")
+
+
+@dataclass
+class VocabConfig:
+    """Stage 1, `kobert-pretrain vocab`. Field names are SentencePiece's spm_train flags."""
+
+    input: list[str] = opt([], "text files, globs or directories: UTF-8, one sentence per line")
+    out: str = opt("", "output directory; must be new or empty")
+    vocab_size: int = opt(8002, "pieces in the vocabulary, the 5 special tokens included (KoBERT: 8002)")
+    model_type: str = opt("unigram", "SentencePiece algorithm: unigram or bpe")
+    character_coverage: float = opt(0.9995, "fraction of characters the vocabulary covers; the rest become [UNK]")
+    normalization_rule_name: str = opt(
+        "nmt_nfkc", "Unicode normalization: nmt_nfkc, nfkc, identity (keeps compatibility jamo such as ㅋㅋ), ..."
+    )
+    input_sentence_size: int = opt(
+        10_000_000, "sentences sampled for training, 0 = all; bounds memory (about 200 bytes each)"
+    )
+    shuffle_input_sentence: bool = opt(True, "sample input_sentence_size sentences uniformly, not the first ones")
+    max_sentence_length: int = opt(16384, "longest sentence used for training, in UTF-8 bytes; longer are skipped")
+    max_sentencepiece_length: int = opt(16, "longest piece, in characters")
+    split_digits: bool = opt(False, "split runs of digits into single-digit pieces")
+    byte_fallback: bool = opt(False, "encode unknown characters as UTF-8 byte pieces instead of [UNK]")
+    num_threads: int = opt(
+        16, "training threads; fixed by default because SentencePiece's result depends on the thread count"
+    )
+    seed: int = opt(42, "seed of SentencePiece's sentence sampling")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.input:
+            problems.append("vocab.input: give at least one --input file, glob or directory")
+        if not self.out:
+            problems.append("vocab.out: give an output directory with --out")
+        if self.vocab_size < 6:
+            problems.append(f"vocab.vocab_size={self.vocab_size}: must be > 5 (5 ids are special tokens)")
+        if self.model_type not in SPM_MODEL_TYPES:
+            problems.append(f"vocab.model_type={self.model_type!r}: must be one of {', '.join(SPM_MODEL_TYPES)}")
+        if not 0.5 <= self.character_coverage <= 1.0:
+            problems.append(f"vocab.character_coverage={self.character_coverage}: must be in [0.5, 1]")
+        if self.normalization_rule_name not in SPM_NORMALIZATIONS:
+            problems.append(
+                f"vocab.normalization_rule_name={self.normalization_rule_name!r}: "
+                f"must be one of {', '.join(SPM_NORMALIZATIONS)}"
+            )
+        if self.input_sentence_size < 0:
+            problems.append(f"vocab.input_sentence_size={self.input_sentence_size}: must be >= 0")
+        if self.max_sentence_length < 1:
+            problems.append(f"vocab.max_sentence_length={self.max_sentence_length}: must be >= 1")
+        if not 1 <= self.max_sentencepiece_length <= 512:
+            problems.append(f"vocab.max_sentencepiece_length={self.max_sentencepiece_length}: must be in [1, 512]")
+        if self.num_threads < 1:
+            problems.append(f"vocab.num_threads={self.num_threads}: must be >= 1")
+        if self.seed < 0:
+            problems.append(f"vocab.seed={self.seed}: must be >= 0")
+        return problems
+
+
+# Sections of a config file, in pipeline order. Later stages add theirs here.
+SECTIONS: dict[str, type] = {
+    "vocab": VocabConfig,
+}
+
+
+@dataclass
+class Config:
+    """All sections of one config file."""
+
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+
+    def section(self, name: str) -> Any:
+        return getattr(self, name)
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def config_hash(obj: Any) -> str:
+    """Short content hash of a config section (16 hex digits of sha256 over sorted JSON)."""
+    blob = json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def field_help(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type name, default, help) for every field of a section class."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+    return rows
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp)
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _coerce(value: Any, tp: Any, where: str, from_cli: bool) -> Any:
+    """Convert a TOML value or CLI string to the field type; raise ValueError with a message."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if from_cli and isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, where, from_cli) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if from_cli and isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ValueError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_cli and isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if from_cli and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{where}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config field type {tp!r} at {where}")
+
+
+def _apply(cfg: Config, section: str, key: str, value: Any, from_cli: bool, problems: list[str]) -> None:
+    if section not in SECTIONS:
+        problems.append(f"unknown section [{section}] (known: {', '.join(SECTIONS)})")
+        return
+    obj = cfg.section(section)
+    hints = typing.get_type_hints(type(obj))
+    if key not in hints:
+        problems.append(f"unknown field {section}.{key}")
+        return
+    try:
+        setattr(obj, key, _coerce(value, hints[key], f"{section}.{key}", from_cli))
+    except ValueError as e:
+        problems.append(str(e))
+
+
+def parse_override(arg: str) -> tuple[str, str, str]:
+    """'--section.field=value' -> (section, field, value)."""
+    body = arg[2:] if arg.startswith("--") else arg
+    if "=" not in body or "." not in body.split("=", 1)[0]:
+        raise UserError(f"cannot read override {arg!r}: write --section.field=value, e.g. --vocab.vocab_size=8002")
+    name, value = body.split("=", 1)
+    section, key = name.split(".", 1)
+    return section, key.replace("-", "_"), value
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    validate: tuple[str, ...] = (),
+    flags: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults, then the TOML file, then CLI values; validate the named sections.
+
+    `flags` maps 'section.field' to values already parsed from plain CLI flags
+    (`--vocab-size 8002`); `overrides` are '--section.field=value' strings and
+    are applied last.
+
+    Raises ConfigError listing every problem found (unknown keys, wrong types,
+    invalid values), or UserError for a missing or malformed file.
+    """
+    cfg = Config()
+    problems: list[str] = []
+    if path is not None:
+        path = Path(path)
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise UserError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{path} is not valid TOML: {e}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not valid TOML: not UTF-8") from None
+        for section, table in data.items():
+            if not isinstance(table, dict):
+                problems.append(f"{path.name}: top-level key {section!r} must be a [section] table")
+                continue
+            for key, value in table.items():
+                _apply(cfg, section, key, value, False, problems)
+    for name, value in (flags or {}).items():
+        section, key = name.split(".", 1)
+        _apply(cfg, section, key, value, True, problems)
+    for arg in overrides:
+        section, key, value = parse_override(arg)
+        _apply(cfg, section, key, value, True, problems)
+    for name in validate:
+        problems.extend(cfg.section(name).validate())
+    if problems:
+        raise ConfigError(problems)
+    return cfg

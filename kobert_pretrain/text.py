@@ -1,0 +1,123 @@
+"""Text inputs shared by the offline stages: resolve paths, stream decoded lines.
+
+Input is UTF-8 text, one sentence per line, a blank line between documents
+(the BERT convention). Lines that are not valid UTF-8 are skipped and counted,
+never fatal on their own: one bad line in a 10 GB crawl must not cost a day.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from kobert_pretrain.errors import UserError
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def resolve_inputs(patterns: list[str]) -> list[Path]:
+    """Files named by paths, globs or directories (searched recursively), sorted and deduplicated.
+
+    Raises UserError for a path or glob that matches nothing, a directory with no
+    files, or inputs that hold no bytes at all.
+    """
+    if not patterns:
+        raise UserError("no input given: pass --input FILE, GLOB or DIRECTORY")
+    files: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            if not found:
+                raise UserError(f"input directory {pattern} holds no files")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        elif glob.has_magic(pattern):
+            found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+            if not found:
+                raise UserError(f"input glob {pattern!r} matches no files")
+            files.extend(found)
+        elif path.exists():
+            raise UserError(f"input {pattern} is not a regular file or directory")
+        else:
+            raise UserError(f"input not found: {pattern}")
+    unique = list(dict.fromkeys(p.resolve() for p in files))
+    for p in unique:
+        if not os.access(p, os.R_OK):
+            raise UserError(f"input {p} is not readable (permission denied)")
+    if sum(p.stat().st_size for p in unique) == 0:
+        raise UserError(f"all {len(unique)} input file(s) are empty: there is no text to learn from")
+    return unique
+
+
+@dataclass
+class ReadStats:
+    """What a pass over the inputs saw."""
+
+    files: int = 0
+    empty_files: list[str] = field(default_factory=list)
+    lines: int = 0
+    blank_lines: int = 0
+    undecodable_lines: int = 0
+    undecodable_by_file: dict[str, int] = field(default_factory=dict)
+    bytes: int = 0
+
+    def warnings(self) -> list[str]:
+        notes = []
+        if self.empty_files:
+            notes.append(f"skipped {len(self.empty_files)} empty file(s), e.g. {self.empty_files[0]}")
+        if self.undecodable_lines:
+            worst = max(self.undecodable_by_file, key=self.undecodable_by_file.get)
+            notes.append(
+                f"skipped {self.undecodable_lines} line(s) that are not valid UTF-8 "
+                f"({self.undecodable_by_file[worst]} in {worst}); "
+                "convert legacy Korean encodings first, e.g. iconv -f cp949 -t utf-8"
+            )
+        return notes
+
+
+def iter_lines(paths: list[Path], stats: ReadStats, progress=None) -> Iterator[str]:
+    """Yield every decodable line (without its line ending) of every file, in order.
+
+    A blank line (whitespace only) is yielded as "" so callers can see document
+    boundaries; a file boundary is also a document boundary and yields "".
+    `progress`, if given, is called with the number of bytes consumed.
+    """
+    for path in paths:
+        stats.files += 1
+        size = path.stat().st_size
+        if size == 0:
+            stats.empty_files.append(str(path))
+            continue
+        with open(path, "rb") as f:
+            first = True
+            for raw in f:
+                stats.bytes += len(raw)
+                if progress is not None:
+                    progress(len(raw))
+                if first:
+                    first = False
+                    if raw.startswith(_BOM):
+                        raw = raw[len(_BOM):]
+                stats.lines += 1
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    stats.undecodable_lines += 1
+                    stats.undecodable_by_file[str(path)] = stats.undecodable_by_file.get(str(path), 0) + 1
+                    continue
+                line = line.strip()
+                if not line:
+                    stats.blank_lines += 1
+                yield line
+        yield ""
+
+
+def warn(message: str) -> None:
+    """One-line warning on stderr."""
+    print(f"kobert-pretrain: warning: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,266 @@
+"""Stage 1: a SentencePiece vocabulary with KoBERT's fixed special ids.
+
+`build_vocab(cfg)` writes into `cfg.out`:
+
+    spm.model    the SentencePiece model, loadable by plain `sentencepiece`
+    vocab.txt    one piece per line; line number (from 0) = id
+    vocab.json   special ids, size, sha256 of spm.model, training stats, config
+    config.json  the resolved VocabConfig
+
+The special tokens live inside the SentencePiece model at fixed ids
+(`[UNK]=0 [PAD]=1 [CLS]=2 [SEP]=3 [MASK]=4`); `[CLS]`, `[SEP]`, `[MASK]` are
+control symbols, so encoding text never produces them, nor `[PAD]`.
+Later stages load a vocabulary with `Vocab.load(dir)` and record its sha256,
+so shards and checkpoints built from another vocabulary are refused.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import sentencepiece as spm
+from tqdm import tqdm
+
+from kobert_pretrain import __version__
+from kobert_pretrain.config import VocabConfig, to_dict
+from kobert_pretrain.errors import ConfigError, UserError
+from kobert_pretrain.fsutil import atomic_output_dir, ensure_free_output_dir, sha256_file
+from kobert_pretrain.text import ReadStats, iter_lines, resolve_inputs, warn
+
+UNK, PAD, CLS, SEP, MASK = "[UNK]", "[PAD]", "[CLS]", "[SEP]", "[MASK]"
+SPECIAL_IDS = {UNK: 0, PAD: 1, CLS: 2, SEP: 3, MASK: 4}
+WORD_START = "\u2581"  # '▁', SentencePiece's word-boundary marker
+
+MODEL_FILE = "spm.model"
+VOCAB_TXT = "vocab.txt"
+META_FILE = "vocab.json"
+FORMAT = "kobert-pretrain-vocab/1"
+
+
+def build_vocab(cfg: VocabConfig) -> Path:
+    """Train a SentencePiece model on `cfg.input` and write the vocabulary directory `cfg.out`."""
+    problems = cfg.validate()
+    if problems:
+        raise ConfigError(problems)
+    out = Path(cfg.out)
+    ensure_free_output_dir(out, "vocab")
+    paths = resolve_inputs(cfg.input)
+
+    stats = ReadStats()
+    too_long = 0
+    total_bytes = sum(p.stat().st_size for p in paths)
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="vocab: reading", disable=None, file=sys.stderr)
+
+    def sentences():
+        nonlocal too_long
+        for line in iter_lines(paths, stats, progress=bar.update):
+            if not line:
+                continue
+            if len(line.encode("utf-8")) > cfg.max_sentence_length:
+                too_long += 1
+                continue
+            yield line
+
+    started = time.time()
+    model = io.BytesIO()
+    if cfg.input_sentence_size and cfg.shuffle_input_sentence:
+        # Our own seeded sample (SentencePiece's sampler ignores set_random_generator_seed):
+        # memory holds input_sentence_size sentences, whatever the corpus size.
+        training_sentences = iter(reservoir_sample(sentences(), cfg.input_sentence_size, np.random.default_rng(cfg.seed)))
+    elif cfg.input_sentence_size:
+        training_sentences = itertools.islice(sentences(), cfg.input_sentence_size)
+    else:
+        training_sentences = sentences()
+    sampled = 0
+
+    def counted(it):
+        nonlocal sampled
+        for sentence in it:
+            sampled += 1
+            yield sentence
+
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=counted(training_sentences),
+            model_writer=model,
+            vocab_size=cfg.vocab_size,
+            model_type=cfg.model_type,
+            character_coverage=cfg.character_coverage,
+            normalization_rule_name=cfg.normalization_rule_name,
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
+            max_sentence_length=cfg.max_sentence_length,
+            max_sentencepiece_length=cfg.max_sentencepiece_length,
+            split_digits=cfg.split_digits,
+            byte_fallback=cfg.byte_fallback,
+            num_threads=cfg.num_threads,
+            unk_id=SPECIAL_IDS[UNK],
+            pad_id=SPECIAL_IDS[PAD],
+            bos_id=-1,
+            eos_id=-1,
+            unk_piece=UNK,
+            pad_piece=PAD,
+            control_symbols=[CLS, SEP, MASK],
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise _explain_spm_error(e, cfg, stats) from None
+    finally:
+        bar.close()
+
+    sentences_read = stats.lines - stats.blank_lines - stats.undecodable_lines - too_long
+    for note in stats.warnings():
+        warn(note)
+    if too_long:
+        warn(f"skipped {too_long} line(s) longer than vocab.max_sentence_length={cfg.max_sentence_length} bytes")
+
+    proto = model.getvalue()
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    with atomic_output_dir(out, "vocab") as tmp:
+        (tmp / MODEL_FILE).write_bytes(proto)
+        (tmp / VOCAB_TXT).write_text("".join(p + "\n" for p in pieces), encoding="utf-8")
+        meta = {
+            "format": FORMAT,
+            "tool_version": __version__,
+            "sentencepiece_version": spm.__version__,
+            "spm_model_sha256": sha256_file(tmp / MODEL_FILE),
+            "vocab_size": len(pieces),
+            "special_ids": SPECIAL_IDS,
+            "model_type": cfg.model_type,
+            "normalization_rule_name": cfg.normalization_rule_name,
+            "stats": {
+                "files": stats.files,
+                "bytes": stats.bytes,
+                "sentences": sentences_read,
+                "training_sentences": sampled,
+                "undecodable_lines": stats.undecodable_lines,
+                "too_long_lines": too_long,
+                "empty_files": len(stats.empty_files),
+                "seconds": round(time.time() - started, 2),
+            },
+            "config": to_dict(cfg),
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(
+        f"vocab: {len(pieces)} pieces from {sentences_read:,} sentences "
+        f"({stats.files} file(s), {stats.bytes / 1e6:.1f} MB) in {time.time() - started:.1f}s -> {out}",
+        file=sys.stderr,
+    )
+    return out
+
+
+def reservoir_sample(items: Iterator[str], k: int, rng: np.random.Generator) -> list[str]:
+    """A uniform sample of k items from a stream of unknown length (Li's algorithm L).
+
+    Draws O(k log(n/k)) random numbers rather than one per item, so sampling a
+    100M-line corpus costs little more than reading it. Fewer than k items: all of them.
+    """
+    reservoir = list(itertools.islice(items, k))
+    if len(reservoir) < k:
+        return reservoir
+    # 1 - random() lies in (0, 1], so its log is finite.
+    w = math.exp(math.log(1.0 - rng.random()) / k)
+    while True:
+        # Number of items to pass over before the next one that enters the reservoir.
+        skip = math.floor(math.log(1.0 - rng.random()) / math.log1p(-w)) if w < 1.0 else 0
+        chosen = next(itertools.islice(items, skip, skip + 1), None)
+        if chosen is None:
+            return reservoir
+        reservoir[int(rng.integers(k))] = chosen
+        w *= math.exp(math.log(1.0 - rng.random()) / k)
+
+
+def _explain_spm_error(err: RuntimeError, cfg: VocabConfig, stats: ReadStats) -> UserError:
+    """Turn SentencePiece's internal errors into one actionable line."""
+    text = str(err)
+    if stats.lines == stats.undecodable_lines + stats.blank_lines and stats.undecodable_lines:
+        return UserError(
+            f"no valid UTF-8 text in the inputs ({stats.undecodable_lines} undecodable lines skipped); "
+            "convert them first, e.g. iconv -f cp949 -t utf-8"
+        )
+    if stats.lines == stats.blank_lines:
+        return UserError("the inputs hold only blank lines: there is no text to learn from")
+    match = re.search(r"Vocabulary size (?:is )?too high \((\d+)\)\. Please set it to a value <= (\d+)", text)
+    if match:
+        return UserError(
+            f"corpus too small for --vocab-size {cfg.vocab_size}: it supports at most {match.group(2)} pieces; "
+            "lower --vocab-size or add text"
+        )
+    if "Vocabulary size is smaller than required_chars" in text:
+        return UserError(
+            f"--vocab-size {cfg.vocab_size} is smaller than the number of distinct characters to cover; "
+            "raise --vocab-size or lower --vocab.character_coverage"
+        )
+    first_line = text.strip().splitlines()[-1] if text.strip() else repr(err)
+    return UserError(f"SentencePiece training failed: {first_line}")
+
+
+@dataclass
+class Vocab:
+    """A vocabulary directory written by `build_vocab`, verified on load."""
+
+    path: Path
+    sp: spm.SentencePieceProcessor
+    sha256: str
+    meta: dict
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocab":
+        path = Path(path)
+        if not path.is_dir():
+            raise UserError(f"vocab directory not found: {path}")
+        model, meta_file = path / MODEL_FILE, path / META_FILE
+        if not model.is_file() or not meta_file.is_file():
+            raise UserError(f"{path} is not a kobert-pretrain vocab directory (needs {MODEL_FILE} and {META_FILE})")
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{meta_file} is corrupt (not JSON)") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise UserError(f"{meta_file} is not a kobert-pretrain vocab file (format {FORMAT!r} expected)")
+        digest = sha256_file(model)
+        if digest != meta.get("spm_model_sha256"):
+            raise UserError(f"{model} does not match the sha256 in {meta_file}: the vocab directory was modified")
+        sp = spm.SentencePieceProcessor(model_file=str(model))
+        if sp.get_piece_size() != meta.get("vocab_size"):
+            raise UserError(f"{model} has {sp.get_piece_size()} pieces, {meta_file} says {meta.get('vocab_size')}")
+        for piece, idx in SPECIAL_IDS.items():
+            if sp.piece_to_id(piece) != idx:
+                raise UserError(f"{model} has {piece} at id {sp.piece_to_id(piece)}, expected {idx}")
+        return cls(path=path, sp=sp, sha256=digest, meta=meta)
+
+    @property
+    def size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts)
+
+    def pieces(self, ids) -> list[str]:
+        return [self.sp.id_to_piece(int(i)) for i in ids]
+
+    def word_start_table(self) -> np.ndarray:
+        """bool[vocab_size]: True where a piece starts a word (begins with '▁'), for whole-word masking."""
+        return np.array([self.sp.id_to_piece(i).startswith(WORD_START) for i in range(self.size)], dtype=bool)
+
+    def special_table(self) -> np.ndarray:
+        """bool[vocab_size]: True for control and unknown pieces (never drawn as random replacements)."""
+        return np.array(
+            [self.sp.is_control(i) or self.sp.is_unknown(i) or self.sp.is_unused(i) for i in range(self.size)],
+            dtype=bool,
+        )

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# `make demo`: the whole pipeline on the Korean demo corpus that ships with konlpy,
+# using the tiny configs/debug.toml. Each stage is the command a user would type.
+set -euo pipefail
+
+KOBERT=${KOBERT:-kobert-pretrain}
+DEMO_DIR=${DEMO_DIR:-runs/demo}
+CONFIG=${CONFIG:-configs/debug.toml}
+
+# A fresh demo every time: the stages refuse to overwrite earlier output.
+rm -rf "$DEMO_DIR"
+mkdir -p "$DEMO_DIR"
+
+echo "== corpus: konlpy's constitution and bills, one sentence per line"
+"$KOBERT" demo-corpus --out "$DEMO_DIR/corpus.txt"
+
+echo "== stage 1: SentencePiece vocabulary"
+"$KOBERT" vocab --config "$CONFIG" --input "$DEMO_DIR/corpus.txt" --out "$DEMO_DIR/vocab"
+python_bin=$(dirname "$(command -v "$KOBERT")")/python
+"$python_bin" - "$DEMO_DIR/vocab/spm.model" <<'PY'
+import sys
+import sentencepiece as spm
+
+sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
+text = "대한민국의 주권은 국민에게 있다."
+print(f"   {text} -> {sp.encode(text, out_type=str)}")
+PY
+
+echo "== done: outputs under $DEMO_DIR"

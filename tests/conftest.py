@@ -1,0 +1,64 @@
+"""Shared fixtures: the demo corpus, a debug vocabulary, the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+    parser.addoption("--rungpu", action="store_true", help="also run tests that need a CUDA GPU")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "slow" in item.keywords and not config.getoption("--runslow"):
+            item.add_marker(pytest.mark.skip(reason="slow: opt in with --runslow (make test-all)"))
+        if "gpu" in item.keywords and not config.getoption("--rungpu"):
+            item.add_marker(pytest.mark.skip(reason="needs a GPU: opt in with --rungpu"))
+
+
+def run_cli(*args: str, cwd: str | Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `kobert-pretrain ARGS` in a subprocess, as a user would."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "kobert_pretrain", *map(str, args)],
+        cwd=cwd or ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> Path:
+    from kobert_pretrain.demo import write_demo_corpus
+
+    return write_demo_corpus(tmp_path_factory.mktemp("demo") / "corpus.txt")
+
+
+@pytest.fixture(scope="session")
+def shared_corpus() -> Path:
+    if not SHARED_CORPUS.is_dir():
+        pytest.skip("../shared/corpus is not present")
+    return SHARED_CORPUS
+
+
+@pytest.fixture(scope="session")
+def debug_vocab(tmp_path_factory, demo_corpus) -> Path:
+    """The debug-config vocabulary of the demo corpus, built once per session."""
+    from kobert_pretrain.config import load_config
+    from kobert_pretrain.vocab import build_vocab
+
+    out = tmp_path_factory.mktemp("vocab") / "debug"
+    cfg = load_config(ROOT / "configs" / "debug.toml", [f"--vocab.input={demo_corpus}", f"--vocab.out={out}"])
+    return build_vocab(cfg.vocab)
