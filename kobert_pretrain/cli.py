@@ -52,6 +52,19 @@ def _run_vocab(args: argparse.Namespace, cfg) -> None:
     build_vocab(cfg.vocab)
 
 
+def _run_shards(args: argparse.Namespace, cfg) -> None:
+    from kobert_pretrain.shards import build_shards
+
+    build_shards(cfg.shards)
+
+
+def _run_inspect(args: argparse.Namespace, cfg) -> None:
+    from kobert_pretrain.shards.inspect import format_report, inspect_shards, to_json
+
+    report = inspect_shards(args.dir, num_examples=args.num, vocab_dir=args.vocab, verify=args.verify)
+    print(to_json(report) if args.json else format_report(report))
+
+
 def _run_demo_corpus(args: argparse.Namespace, cfg) -> None:
     from kobert_pretrain.demo import write_demo_corpus
 
@@ -79,6 +92,32 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--num-threads", dest="vocab.num_threads", metavar="N", help="training threads (16)")
     _flag(p, "--seed", dest="vocab.seed", metavar="N", help="sampling seed (42)")
     p.set_defaults(run=_run_vocab)
+
+    p = _add_stage(sub, "shards", "generate masked-LM / next-sentence pretraining shards (stage 2)", ("shards",))
+    _flag(p, "--input", "-i", dest="shards.input", action="append", metavar="PATH",
+          help="text file, glob or directory; repeat for more")
+    _flag(p, "--vocab", dest="shards.vocab", metavar="DIR", help="vocabulary directory from `vocab`")
+    _flag(p, "--out", "-o", dest="shards.out", metavar="DIR", help="output directory (re-run to resume)")
+    _flag(p, "--max-seq-length", dest="shards.max_seq_length", metavar="N", help="tokens per instance (128)")
+    _flag(p, "--workers", dest="shards.workers", metavar="N", help="worker processes (1)")
+    _flag(p, "--seed", dest="shards.seed", metavar="N", help="random seed (12345)")
+    _flag(p, "--dupe-factor", dest="shards.dupe_factor", metavar="N", help="passes over the corpus (5)")
+    _flag(p, "--masking", dest="shards.masking", choices=["static", "dynamic"], help="dynamic (default) or static")
+    _flag(p, "--whole-word-mask", dest="shards.whole_word_mask", action="store_const", const="true",
+          help="mask whole words ('\u2581'-starting piece and its continuations)")
+    _flag(p, "--num-shards", dest="shards.num_shards", metavar="N", help="shard count (0 = automatic)")
+    _flag(p, "--input-format", dest="shards.input_format", choices=["sentences", "documents"],
+          help="sentences: one per line, blank line between documents (default); documents: one per line")
+    p.set_defaults(run=_run_shards)
+
+    p = sub.add_parser("inspect", help="print a shard set's totals and a few decoded instances",
+                       allow_abbrev=False)
+    p.add_argument("dir", metavar="DIR", help="shard directory")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--num", type=int, default=3, metavar="N", help="instances to decode (3)")
+    p.add_argument("--vocab", metavar="DIR", help="vocabulary directory (default: the one recorded in the shards)")
+    p.add_argument("--verify", action="store_true", help="also check every file's sha256")
+    p.set_defaults(run=_run_inspect, sections=())
 
     p = sub.add_parser("demo-corpus", help="write the bundled Korean demo corpus (from konlpy) to a file")
     p.add_argument("--out", "-o", required=True, metavar="FILE")

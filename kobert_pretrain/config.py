@@ -87,9 +87,90 @@ class VocabConfig:
         return problems
 
 
+INPUT_FORMATS = ("sentences", "documents")
+MASKING_MODES = ("dynamic", "static")
+
+
+@dataclass
+class ShardsConfig:
+    """Stage 2, `kobert-pretrain shards`: NSP pairs and masked-LM instances (google-research/bert semantics)."""
+
+    input: list[str] = opt([], "text files, globs or directories: UTF-8, see input_format")
+    vocab: str = opt("", "vocabulary directory written by `kobert-pretrain vocab`")
+    out: str = opt("", "output directory for the shard set; a re-run with the same arguments resumes it")
+    input_format: str = opt(
+        "sentences", "sentences: one sentence per line, blank line between documents; documents: one document "
+        "per line, split into sentences after . ? ! and whitespace"
+    )
+    max_seq_length: int = opt(128, "tokens per instance, [CLS] and both [SEP] included")
+    dupe_factor: int = opt(5, "passes over the corpus, each with other pairings (google: 10, GluonNLP: 5)")
+    short_seq_prob: float = opt(0.1, "probability of a shorter target length, drawn from [2, max_seq_length - 3]")
+    random_next_prob: float = opt(0.5, "probability that segment B comes from another document (NSP label 1)")
+    masking: str = opt("dynamic", "dynamic: the loader draws new masks every epoch; static: masks in the shards")
+    masked_lm_prob: float = opt(0.15, "fraction of tokens to predict, before the max_predictions_per_seq cap")
+    max_predictions_per_seq: int = opt(20, "masked positions per instance at most (20 at seq 128, 80 at 512)")
+    whole_word_mask: bool = opt(False, "mask whole words: a piece starting with '\u2581' and its continuations")
+    num_shards: int = opt(0, "shard files; 0 = enough for about target_shard_mb each, rounded to num_shards_multiple")
+    num_shards_multiple: int = opt(8, "with num_shards = 0, make the count a multiple of this (readers per set)")
+    target_shard_mb: float = opt(256.0, "with num_shards = 0, approximate token data per shard, in MB")
+    chunk_mb: float = opt(
+        4.0, "input text per generation task, in MB: bounds worker memory and the random-next document pool"
+    )
+    workers: int = opt(1, "worker processes on this machine (under horovodrun: per rank)")
+    seed: int = opt(12345, "seed of pairing, truncation, static masks and shuffling")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.input:
+            problems.append("shards.input: give at least one --input file, glob or directory")
+        if not self.vocab:
+            problems.append("shards.vocab: give the vocabulary directory with --vocab")
+        if not self.out:
+            problems.append("shards.out: give an output directory with --out")
+        if self.input_format not in INPUT_FORMATS:
+            problems.append(f"shards.input_format={self.input_format!r}: must be one of {', '.join(INPUT_FORMATS)}")
+        if not 8 <= self.max_seq_length <= 65535:
+            problems.append(f"shards.max_seq_length={self.max_seq_length}: must be in [8, 65535]")
+        if self.dupe_factor < 1:
+            problems.append(f"shards.dupe_factor={self.dupe_factor}: must be >= 1")
+        for name in ("short_seq_prob", "random_next_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                problems.append(f"shards.{name}={value}: must be in [0, 1]")
+        if self.masking not in MASKING_MODES:
+            problems.append(f"shards.masking={self.masking!r}: must be one of {', '.join(MASKING_MODES)}")
+        if not 0.0 < self.masked_lm_prob < 1.0:
+            problems.append(f"shards.masked_lm_prob={self.masked_lm_prob}: must be in (0, 1)")
+        if not 1 <= self.max_predictions_per_seq <= self.max_seq_length:
+            problems.append(
+                f"shards.max_predictions_per_seq={self.max_predictions_per_seq}: must be in [1, max_seq_length]"
+            )
+        if self.num_shards < 0:
+            problems.append(f"shards.num_shards={self.num_shards}: must be >= 0 (0 = automatic)")
+        if self.num_shards_multiple < 1:
+            problems.append(f"shards.num_shards_multiple={self.num_shards_multiple}: must be >= 1")
+        if self.target_shard_mb <= 0:
+            problems.append(f"shards.target_shard_mb={self.target_shard_mb}: must be > 0")
+        if self.chunk_mb <= 0:
+            problems.append(f"shards.chunk_mb={self.chunk_mb}: must be > 0")
+        if self.workers < 1:
+            problems.append(f"shards.workers={self.workers}: must be >= 1")
+        if self.seed < 0:
+            problems.append(f"shards.seed={self.seed}: must be >= 0")
+        return problems
+
+    # Fields that say where and how fast to run, not what to produce: they are left out
+    # of the shard set's fingerprint and config.json, so output bytes do not depend on them.
+    RUN_LOCAL = ("out", "workers")
+
+    def generation_dict(self) -> dict:
+        return {k: v for k, v in to_dict(self).items() if k not in self.RUN_LOCAL}
+
+
 # Sections of a config file, in pipeline order. Later stages add theirs here.
 SECTIONS: dict[str, type] = {
     "vocab": VocabConfig,
+    "shards": ShardsConfig,
 }
 
 
@@ -98,6 +179,7 @@ class Config:
     """All sections of one config file."""
 
     vocab: VocabConfig = field(default_factory=VocabConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
 
     def section(self, name: str) -> Any:
         return getattr(self, name)

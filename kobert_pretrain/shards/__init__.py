@@ -1,0 +1,13 @@
+"""Stage 2: text -> documents -> NSP pairs -> (masked) instances -> shard files.
+
+    documents.py  read a chunk of input, split sentences, tokenize into flat arrays
+    instances.py  google-research/bert pairing and truncation on those arrays
+    build.py      the two-phase, resumable, parallel generator (`build_shards`)
+    format.py     the .npy shard format, index.json, and the `ShardSet` reader
+    inspect.py    totals and decoded instances for a person (`kobert-pretrain inspect`)
+"""
+
+from kobert_pretrain.shards.build import build_shards
+from kobert_pretrain.shards.format import Shard, ShardSet
+
+__all__ = ["build_shards", "Shard", "ShardSet"]

@@ -1,0 +1,496 @@
+"""`build_shards(cfg)`: text -> documents -> pairs -> (masked) instances -> shard files.
+
+Two phases, each a list of independent tasks that any number of worker
+processes (and Horovod ranks) can share without changing a byte of output:
+
+1. chunks: the input is cut into chunks of about `chunk_mb` MB at document
+   boundaries. Each chunk is read, tokenized and paired `dupe_factor` times
+   (random-next segments come from the chunk's own documents, which bounds
+   memory), its instances shuffled, optionally masked, and written to
+   OUT/.work/chunk-NNNNNN/. RNG: np.random.default_rng([seed, tag, chunk, pass]).
+2. shards: the chunks, in an order permuted by the seed, form one sequence of N
+   instances; shard s takes instances [s*N//S, (s+1)*N//S) (so counts differ by
+   at most 1), shuffled with default_rng([seed, tag, s]), and is written to
+   OUT/shard-NNNNN/.
+
+index.json is written last, then .work is removed. Every chunk and shard
+directory is renamed into place only when complete and carries sha256 sums, so
+a re-run with the same arguments verifies and skips finished work and redoes
+the rest. Peak memory per worker is about one chunk or one shard, whatever the
+corpus size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from kobert_pretrain import distributed
+from kobert_pretrain.config import ShardsConfig
+from kobert_pretrain.errors import ConfigError, UserError
+from kobert_pretrain.fsutil import atomic_write_json
+from kobert_pretrain.masking import MaskingSpec, mask_batch
+from kobert_pretrain.shards.documents import ChunkText, read_documents, tokenize_documents
+from kobert_pretrain.shards.format import (
+    FORMAT,
+    INDEX_FILE,
+    read_array_meta,
+    shard_name,
+    token_dtype,
+    verify_array_dir,
+    write_array_dir,
+)
+from kobert_pretrain.shards.instances import create_pairs, materialize
+from kobert_pretrain.text import resolve_inputs, warn
+from kobert_pretrain.vocab import CLS, SEP, SPECIAL_IDS, Vocab
+
+WORK_DIR = ".work"
+PLAN_FILE = "plan.json"
+# Tags keep the random streams of different purposes apart: default_rng([seed, TAG, ...]).
+TAG_PAIRS, TAG_CHUNK_SHUFFLE, TAG_STATIC_MASK, TAG_CHUNK_ORDER, TAG_SHARD_SHUFFLE = 1, 2, 3, 4, 5
+MASK_BLOCK = 2048  # instances masked at a time in static mode: bounds the (block, 3, seq) draws
+
+
+# ---------------------------------------------------------------------------------------- plan
+
+
+def plan_chunks(paths: list[Path], chunk_bytes: int, input_format: str) -> list[list[tuple[str, int, int]]]:
+    """Cut the concatenated inputs into chunks of at least `chunk_bytes` at document boundaries.
+
+    Depends only on the files and chunk_bytes, never on the number of workers.
+    """
+    chunks: list[list[tuple[str, int, int]]] = []
+    current: list[tuple[str, int, int]] = []
+    current_bytes = 0
+    for path in paths:
+        size = path.stat().st_size
+        pos = 0
+        with open(path, "rb") as f:
+            while pos < size:
+                need = chunk_bytes - current_bytes
+                cut = size if size - pos <= need else _document_boundary(f, pos + need, size, input_format)
+                current.append((str(path), pos, cut))
+                current_bytes += cut - pos
+                pos = cut
+                if current_bytes >= chunk_bytes:
+                    chunks.append(current)
+                    current, current_bytes = [], 0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _document_boundary(f, pos: int, size: int, input_format: str) -> int:
+    """The first document boundary at or after `pos` (byte offset just after it), or `size`."""
+    f.seek(pos - 1)
+    if f.read(1) != b"\n":
+        f.readline()  # finish the line `pos` falls in
+    if input_format == "documents":
+        return min(f.tell(), size)
+    while True:
+        line = f.readline()
+        if not line:
+            return size
+        if not line.strip():
+            return f.tell()
+
+
+def fingerprint(cfg: ShardsConfig, vocab_sha256: str, paths: list[Path]) -> str:
+    """What the output depends on: generation config, vocabulary, input files and sizes."""
+    blob = json.dumps(
+        {"format": FORMAT, "config": cfg.generation_dict(), "vocab_sha256": vocab_sha256,
+         "inputs": [[str(p), p.stat().st_size] for p in paths]},
+        sort_keys=True,
+    ).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+# --------------------------------------------------------------------------------------- tasks
+
+
+@dataclass
+class TaskContext:
+    """What every task needs; built once per worker process."""
+
+    cfg: ShardsConfig
+    vocab: Vocab
+    spec: MaskingSpec | None
+    dtype: np.dtype
+    fingerprint: str
+    out: Path
+
+    @property
+    def work(self) -> Path:
+        return self.out / WORK_DIR
+
+
+_CONTEXT: TaskContext | None = None
+
+
+def _init_worker(cfg: ShardsConfig, fp: str) -> None:
+    global _CONTEXT
+    _CONTEXT = make_context(cfg, fp)
+
+
+def make_context(cfg: ShardsConfig, fp: str) -> TaskContext:
+    vocab = Vocab.load(cfg.vocab)
+    spec = None
+    if cfg.masking == "static":
+        spec = MaskingSpec.from_vocab(vocab, cfg.masked_lm_prob, cfg.max_predictions_per_seq, cfg.whole_word_mask)
+    return TaskContext(cfg=cfg, vocab=vocab, spec=spec, dtype=token_dtype(vocab.size), fingerprint=fp,
+                       out=Path(cfg.out))
+
+
+def chunk_dir(work: Path, c: int) -> Path:
+    return work / f"chunk-{c:06d}"
+
+
+def run_chunk(c: int, segments: list[tuple[str, int, int]], ctx: TaskContext | None = None) -> dict:
+    """Phase 1 task: one chunk of text -> its instances in OUT/.work/chunk-c (skipped if already there)."""
+    ctx = ctx or _CONTEXT
+    path = chunk_dir(ctx.work, c)
+    meta = verify_array_dir(path, ctx.fingerprint)
+    if meta is not None:
+        return dict(meta, skipped=True)
+    cfg = ctx.cfg
+    counters = ChunkText()
+    documents = read_documents(segments, cfg.input_format, counters)
+    chunk = tokenize_documents(documents, ctx.vocab.sp, max_sentence_tokens=cfg.max_seq_length - 3)
+    if chunk.num_documents:
+        pairs = np.concatenate([
+            create_pairs(chunk, cfg.max_seq_length, cfg.short_seq_prob, cfg.random_next_prob,
+                         np.random.default_rng([cfg.seed, TAG_PAIRS, c, p]))
+            for p in range(cfg.dupe_factor)
+        ])
+    else:
+        pairs = np.zeros((0, 5), dtype=np.int64)
+    pairs = pairs[np.random.default_rng([cfg.seed, TAG_CHUNK_SHUFFLE, c]).permutation(len(pairs))]
+    tokens, offsets, len_a = materialize(chunk.tokens, pairs, SPECIAL_IDS[CLS], SPECIAL_IDS[SEP])
+    arrays = {"offsets": offsets, "len_a": len_a.astype(np.uint16), "nsp": pairs[:, 4].astype(np.uint8)}
+    if ctx.spec is not None:
+        tokens, mlm = static_mask(tokens, offsets, len_a, ctx.spec, cfg, np.random.default_rng([cfg.seed, TAG_STATIC_MASK, c]))
+        arrays.update(mlm_positions=mlm[0], mlm_labels=mlm[1].astype(ctx.dtype), mlm_offsets=mlm[2])
+    arrays["tokens"] = tokens.astype(ctx.dtype)
+    meta = {
+        "chunk": c,
+        "fingerprint": ctx.fingerprint,
+        "num_instances": int(len(pairs)),
+        "num_tokens": int(len(tokens)),
+        "num_random_next": int(pairs[:, 4].sum()),
+        "num_documents": int(chunk.num_documents),
+        "num_sentences": int(len(chunk.sent_len)),
+        "text_tokens": int(len(chunk.tokens)),
+        "bytes": counters.bytes,
+        "lines": counters.lines,
+        "undecodable_lines": counters.undecodable_lines,
+        "undecodable_by_file": counters.undecodable_by_file,
+    }
+    return dict(write_array_dir(path, arrays, meta), skipped=False)
+
+
+def static_mask(tokens, offsets, len_a, spec: MaskingSpec, cfg: ShardsConfig, rng: np.random.Generator):
+    """Mask every instance once (static mode): masked token stream plus (positions, labels, offsets)."""
+    n = len(offsets) - 1
+    lengths = np.diff(offsets)
+    out = tokens.copy()
+    positions_parts, labels_parts, counts = [], [], np.zeros(n, dtype=np.int64)
+    L = cfg.max_seq_length
+    for lo in range(0, n, MASK_BLOCK):
+        hi = min(n, lo + MASK_BLOCK)
+        block_len = lengths[lo:hi]
+        batch = np.full((hi - lo, L), SPECIAL_IDS["[PAD]"], dtype=np.int64)
+        valid = np.arange(L)[None, :] < block_len[:, None]
+        batch[valid] = tokens[offsets[lo]:offsets[hi]]
+        masked, pos, lab, w = mask_batch(batch, block_len, len_a[lo:hi].astype(np.int64), spec,
+                                         rng.random((hi - lo, 3, L)))
+        out[offsets[lo]:offsets[hi]] = masked[valid]
+        keep = w > 0
+        counts[lo:hi] = keep.sum(axis=1)
+        positions_parts.append(pos[keep])
+        labels_parts.append(lab[keep])
+    mlm_offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=mlm_offsets[1:])
+    positions = np.concatenate(positions_parts) if positions_parts else np.zeros(0, np.int32)
+    labels = np.concatenate(labels_parts) if labels_parts else np.zeros(0, np.int32)
+    return out, (positions.astype(np.uint16), labels, mlm_offsets)
+
+
+def run_shard(s: int, ranges: list[tuple[int, int, int]], ctx: TaskContext | None = None) -> dict:
+    """Phase 2 task: gather instance ranges (chunk, lo, hi) from chunk files, shuffle, write shard s."""
+    ctx = ctx or _CONTEXT
+    path = ctx.out / shard_name(s)
+    meta = verify_array_dir(path, ctx.fingerprint)
+    if meta is not None:
+        return dict(meta, skipped=True)
+    parts: dict[str, list[np.ndarray]] = {}
+    for c, lo, hi in ranges:
+        src = chunk_dir(ctx.work, c)
+        if read_array_meta(src) is None:
+            raise UserError(f"{src} is missing: remove {ctx.out} and run the shards command again")
+        arrays = {f.stem: np.load(f, mmap_mode="r") for f in src.glob("*.npy")}
+        offsets = arrays["offsets"]
+        parts.setdefault("lengths", []).append(np.diff(offsets[lo:hi + 1]))
+        parts.setdefault("tokens", []).append(np.asarray(arrays["tokens"][offsets[lo]:offsets[hi]]))
+        parts.setdefault("len_a", []).append(np.asarray(arrays["len_a"][lo:hi]))
+        parts.setdefault("nsp", []).append(np.asarray(arrays["nsp"][lo:hi]))
+        if "mlm_offsets" in arrays:
+            mo = arrays["mlm_offsets"]
+            parts.setdefault("mlm_counts", []).append(np.diff(mo[lo:hi + 1]))
+            parts.setdefault("mlm_positions", []).append(np.asarray(arrays["mlm_positions"][mo[lo]:mo[hi]]))
+            parts.setdefault("mlm_labels", []).append(np.asarray(arrays["mlm_labels"][mo[lo]:mo[hi]]))
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    n = len(cat["nsp"])
+    perm = np.random.default_rng([ctx.cfg.seed, TAG_SHARD_SHUFFLE, s]).permutation(n)
+    tokens, offsets = _ragged_take(cat["tokens"], cat["lengths"], perm)
+    arrays = {"tokens": tokens, "offsets": offsets, "len_a": cat["len_a"][perm], "nsp": cat["nsp"][perm]}
+    if "mlm_counts" in cat:
+        positions, mlm_offsets = _ragged_take(cat["mlm_positions"], cat["mlm_counts"], perm)
+        labels, _ = _ragged_take(cat["mlm_labels"], cat["mlm_counts"], perm)
+        arrays.update(mlm_positions=positions, mlm_labels=labels, mlm_offsets=mlm_offsets)
+    meta = {"shard": s, "fingerprint": ctx.fingerprint, "num_instances": int(n), "num_tokens": int(len(tokens))}
+    return dict(write_array_dir(path, arrays, meta), skipped=False)
+
+
+def _ragged_take(flat: np.ndarray, lengths: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder the variable-length rows of `flat` (row i has lengths[i] items) by `order`."""
+    starts = np.cumsum(lengths) - lengths
+    new_lengths = lengths[order]
+    offsets = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum(new_lengths, out=offsets[1:])
+    total = int(offsets[-1])
+    within = np.arange(total) - np.repeat(offsets[:-1], new_lengths)
+    return flat[np.repeat(starts[order], new_lengths) + within], offsets
+
+
+# ---------------------------------------------------------------------------------- the stage
+
+
+def build_shards(cfg: ShardsConfig) -> Path:
+    """Generate (or resume) the shard set `cfg.out`; return its path."""
+    problems = cfg.validate()
+    if problems:
+        raise ConfigError(problems)
+    dist = distributed.init()
+    vocab = Vocab.load(cfg.vocab)
+    if cfg.max_predictions_per_seq > cfg.max_seq_length - 3:
+        raise ConfigError([f"shards.max_predictions_per_seq={cfg.max_predictions_per_seq}: "
+                           f"must be at most max_seq_length - 3 = {cfg.max_seq_length - 3}"])
+    paths = resolve_inputs(cfg.input)
+    out = Path(cfg.out)
+    fp = fingerprint(cfg, vocab.sha256, paths)
+    existing = _check_output_dir(out, fp)
+    work = out / WORK_DIR
+    chunks = plan_chunks(paths, max(1, int(cfg.chunk_mb * 1e6)), cfg.input_format)
+    if dist.is_root:
+        work.mkdir(parents=True, exist_ok=True)
+        if not (work / PLAN_FILE).is_file():
+            atomic_write_json(work / PLAN_FILE, {"fingerprint": fp, "num_chunks": len(chunks)})
+    dist.barrier("shards.plan")
+    ctx = make_context(cfg, fp)
+    started = time.time()
+
+    if existing is not None:
+        chunk_counts = existing["chunk_counts"]
+        num_shards = len(existing["shards"])
+        todo_shards = [s for s in range(num_shards)
+                       if verify_array_dir(out / shard_name(s), fp) is None]
+        if not todo_shards:
+            if dist.is_root:
+                shutil.rmtree(work, ignore_errors=True)
+                print(f"shards: {out} is complete ({existing['num_instances']:,} instances); nothing to do",
+                      file=sys.stderr)
+            return out
+        ranges = _shard_ranges(chunk_counts, num_shards, cfg.seed)
+        needed = sorted({c for s in todo_shards for c, _, _ in ranges[s]})
+    else:
+        needed = list(range(len(chunks)))
+
+    # Phase 1: chunks -> instances (this rank's share).
+    mine = [c for c in needed if c % dist.size == dist.rank]
+    chunk_bytes = sum(end - start for c in mine for _, start, end in chunks[c])
+    results = _run_tasks(ctx, run_chunk, [(c, chunks[c]) for c in mine], cfg.workers, dist,
+                         desc="shards: chunks", total=chunk_bytes, unit="B",
+                         progress=lambda m: sum(e - s for _, s, e in chunks[m["chunk"]]))
+    dist.barrier("shards.chunks")
+    chunk_metas = {c: read_array_meta(chunk_dir(work, c)) for c in needed}
+
+    if existing is None:
+        chunk_counts = [chunk_metas[c]["num_instances"] for c in range(len(chunks))]
+        total_instances = sum(chunk_counts)
+        if total_instances == 0:
+            raise UserError("the inputs produced no instances: they hold no text with at least one token")
+        total_tokens = sum(m["num_tokens"] for m in chunk_metas.values())
+        num_shards = _decide_num_shards(cfg, total_instances, total_tokens * ctx.dtype.itemsize)
+        todo_shards = [s for s in range(num_shards) if verify_array_dir(out / shard_name(s), fp) is None]
+        ranges = _shard_ranges(chunk_counts, num_shards, cfg.seed)
+
+    # Phase 2: chunks -> shards (this rank's share).
+    mine = [s for s in todo_shards if s % dist.size == dist.rank]
+    _run_tasks(ctx, run_shard, [(s, ranges[s]) for s in mine], cfg.workers, dist,
+               desc="shards: shards", total=len(mine), unit="shard", progress=lambda m: 1)
+    dist.barrier("shards.shards")
+
+    if dist.is_root:
+        shard_metas = [read_array_meta(out / shard_name(s)) for s in range(num_shards)]
+        if existing is not None:
+            index = existing
+        else:
+            index = _make_index(cfg, vocab, ctx.dtype, fp, chunk_counts, chunk_metas, shard_metas)
+        atomic_write_json(out / "config.json", cfg.generation_dict())
+        atomic_write_json(out / INDEX_FILE, index)
+        shutil.rmtree(work, ignore_errors=True)
+        _report(index, results, out, time.time() - started)
+    dist.barrier("shards.index")
+    return out
+
+
+def _check_output_dir(out: Path, fp: str) -> dict | None:
+    """The existing index if `out` is a complete set with the same fingerprint; refuse foreign content."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    if [p.name for p in out.iterdir()] == [WORK_DIR] and not any((out / WORK_DIR).iterdir()):
+        return None  # interrupted before the plan was written
+    index_file = out / INDEX_FILE
+    if index_file.is_file():
+        try:
+            index = json.loads(index_file.read_text(encoding="utf-8"))
+        except ValueError:
+            raise UserError(f"{index_file} is corrupt: remove {out} and run again") from None
+        if index.get("fingerprint") != fp:
+            raise UserError(f"{out} holds a shard set built from other inputs, vocabulary or settings; "
+                            "choose another --out (nothing was changed)")
+        return index
+    plan = out / WORK_DIR / PLAN_FILE
+    if plan.is_file():
+        try:
+            planned = json.loads(plan.read_text(encoding="utf-8"))
+        except ValueError:
+            planned = {}
+        if planned.get("fingerprint") != fp:
+            raise UserError(f"{out} holds an interrupted shard build with other inputs or settings; "
+                            "re-run it with its original arguments, or choose another --out")
+        return None
+    raise UserError(f"--out {out} already holds files that are not a shard set; choose a new directory")
+
+
+def _decide_num_shards(cfg: ShardsConfig, num_instances: int, token_bytes: int) -> int:
+    if cfg.num_shards:
+        if cfg.num_shards > num_instances:
+            raise UserError(f"only {num_instances} instances for --shards.num_shards={cfg.num_shards}: "
+                            "lower it or add text")
+        return cfg.num_shards
+    m = cfg.num_shards_multiple
+    wanted = max(1, math.ceil(token_bytes / (cfg.target_shard_mb * 1e6)))
+    num = math.ceil(wanted / m) * m
+    if num > num_instances:
+        warn(f"only {num_instances} instances: writing {num_instances} shard(s), not a multiple of {m}")
+        num = num_instances
+    return num
+
+
+def _shard_ranges(chunk_counts: list[int], num_shards: int, seed: int) -> list[list[tuple[int, int, int]]]:
+    """For each shard, the (chunk, lo, hi) instance ranges it takes from the permuted chunk sequence."""
+    order = np.random.default_rng([seed, TAG_CHUNK_ORDER]).permutation(len(chunk_counts)).tolist()
+    total = sum(chunk_counts)
+    starts = []
+    pos = 0
+    for c in order:
+        starts.append((c, pos, pos + chunk_counts[c]))
+        pos += chunk_counts[c]
+    ranges = []
+    for s in range(num_shards):
+        lo, hi = s * total // num_shards, (s + 1) * total // num_shards
+        ranges.append([(c, max(lo, a) - a, min(hi, b) - a) for c, a, b in starts if a < hi and b > lo])
+    return ranges
+
+
+def _run_tasks(ctx, fn, tasks, workers, dist, desc, total, unit, progress) -> list[dict]:
+    bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=None if dist.is_root else True,
+               file=sys.stderr)
+    results: list[dict] = []
+    try:
+        if workers == 1 or len(tasks) <= 1:
+            iterator = (fn(*task, ctx=ctx) for task in tasks)
+            results = _consume(iterator, bar, progress, results)
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                     initializer=_init_worker, initargs=(ctx.cfg, ctx.fingerprint)) as pool:
+                results = _consume(pool.map(fn, *zip(*tasks)), bar, progress, results)
+    finally:
+        bar.close()
+    return results
+
+
+def _consume(iterator, bar, progress, results):
+    docs = tokens = 0
+    started = time.time()
+    for meta in iterator:
+        results.append(meta)
+        bar.update(progress(meta))
+        docs += meta.get("num_documents", 0)
+        tokens += meta.get("text_tokens", 0)
+        if tokens:
+            bar.set_postfix(docs=f"{docs:,}", tok_per_s=f"{tokens / max(1e-9, time.time() - started):,.0f}")
+    return results
+
+
+def _make_index(cfg, vocab, dtype, fp, chunk_counts, chunk_metas, shard_metas) -> dict:
+    undecodable = sum(m["undecodable_lines"] for m in chunk_metas.values())
+    num_instances = sum(m["num_instances"] for m in shard_metas)
+    num_tokens = sum(m["num_tokens"] for m in shard_metas)
+    return {
+        "format": FORMAT,
+        "fingerprint": fp,
+        "vocab_sha256": vocab.sha256,
+        "vocab_size": vocab.size,
+        "special_ids": SPECIAL_IDS,
+        "token_dtype": dtype.name,
+        "max_seq_length": cfg.max_seq_length,
+        "masking": cfg.masking,
+        "masked_lm_prob": cfg.masked_lm_prob,
+        "max_predictions_per_seq": cfg.max_predictions_per_seq,
+        "whole_word_mask": cfg.whole_word_mask,
+        "seed": cfg.seed,
+        "config": cfg.generation_dict(),
+        "num_instances": num_instances,
+        "num_tokens": num_tokens,
+        "num_padded_tokens": num_instances * cfg.max_seq_length,
+        "num_random_next": sum(m["num_random_next"] for m in chunk_metas.values()),
+        "num_documents": sum(m["num_documents"] for m in chunk_metas.values()),
+        "num_sentences": sum(m["num_sentences"] for m in chunk_metas.values()),
+        "text_tokens": sum(m["text_tokens"] for m in chunk_metas.values()),
+        "input_bytes": sum(m["bytes"] for m in chunk_metas.values()),
+        "undecodable_lines": undecodable,
+        "chunk_counts": chunk_counts,
+        "shards": [
+            {"name": shard_name(m["shard"]), "num_instances": m["num_instances"], "num_tokens": m["num_tokens"],
+             "sha256": m["sha256"]}
+            for m in shard_metas
+        ],
+    }
+
+
+def _report(index: dict, results: list[dict], out: Path, seconds: float) -> None:
+    if index["undecodable_lines"]:
+        warn(f"skipped {index['undecodable_lines']} line(s) that are not valid UTF-8 "
+             "(convert legacy encodings first, e.g. iconv -f cp949 -t utf-8)")
+    print(
+        f"shards: {index['num_instances']:,} instances, {index['num_tokens']:,} tokens in {len(index['shards'])} "
+        f"shard(s) from {index['num_documents']:,} documents ({index['text_tokens']:,} text tokens) "
+        f"in {seconds:.1f}s -> {out}",
+        file=sys.stderr,
+    )

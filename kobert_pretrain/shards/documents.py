@@ -1,0 +1,122 @@
+"""Input text -> documents -> token ids, for one chunk of the input.
+
+A chunk is a list of byte ranges of input files whose boundaries fall on
+document boundaries (a blank line, or the end of a file; with
+`input_format = "documents"`, the end of a line). Reading a chunk yields its
+documents as a flat token array plus sentence and document offsets, which is
+all the pairing step needs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# A sentence ends after . ? ! (or their full-width forms, or …), optional closing quotes or
+# brackets, then whitespace. Korean prose ends sentences with "다." and the like; "3.14"
+# and "1.5배" have no whitespace after the dot and stay whole.
+_SENTENCE_END = re.compile(r"(?<=[.?!。？！…])[\"'”’)\]」』]*\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+
+
+@dataclass
+class ChunkText:
+    """Counters of one chunk's reading."""
+
+    lines: int = 0
+    undecodable_lines: int = 0
+    bytes: int = 0
+    undecodable_by_file: dict[str, int] = field(default_factory=dict)
+
+
+def read_documents(segments: list[tuple[str, int, int]], input_format: str, counters: ChunkText) -> list[list[str]]:
+    """The documents of a chunk, each a list of non-empty sentences."""
+    documents: list[list[str]] = []
+    for path, start, end in segments:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(end - start)
+        counters.bytes += len(data)
+        if start == 0 and data.startswith(b"\xef\xbb\xbf"):
+            data = data[3:]
+        current: list[str] = []
+        for raw in data.split(b"\n"):
+            counters.lines += 1
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                counters.undecodable_lines += 1
+                counters.undecodable_by_file[path] = counters.undecodable_by_file.get(path, 0) + 1
+                continue
+            if input_format == "documents":
+                sentences = split_sentences(line)
+                if sentences:
+                    documents.append(sentences)
+            elif line:
+                current.append(line)
+            elif current:
+                documents.append(current)
+                current = []
+        if current:
+            documents.append(current)
+        # `data.split` counts one line too many when the segment ends with a newline.
+        if data.endswith(b"\n"):
+            counters.lines -= 1
+    return documents
+
+
+@dataclass
+class TokenizedChunk:
+    """Documents as flat arrays: sentence s is tokens[sent_start[s] : sent_start[s] + sent_len[s]];
+    document d is sentences doc_start[d] .. doc_start[d + 1] - 1."""
+
+    tokens: np.ndarray  # int32 (total_tokens,)
+    sent_start: np.ndarray  # int64 (num_sentences,)
+    sent_len: np.ndarray  # int64 (num_sentences,)
+    doc_start: np.ndarray  # int64 (num_documents + 1,)
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.doc_start) - 1
+
+
+def tokenize_documents(documents: list[list[str]], sp, max_sentence_tokens: int) -> TokenizedChunk:
+    """Encode every sentence; drop sentences with no tokens and documents with no sentences.
+
+    A sentence longer than `max_sentence_tokens` (a 10 MB line without sentence
+    ends, say) is cut into consecutive pieces of that length, so its text is used
+    rather than truncated away as the reference implementation would.
+    """
+    flat = [s for doc in documents for s in doc]
+    encoded = sp.encode(flat, num_threads=1) if flat else []
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    tokens = np.fromiter((t for ids in encoded for t in ids), dtype=np.int32, count=int(lengths.sum()))
+    starts = np.cumsum(lengths) - lengths
+
+    sent_start: list[int] = []
+    sent_len: list[int] = []
+    doc_start = [0]
+    index = 0
+    for doc in documents:
+        for _ in doc:
+            start, length = int(starts[index]), int(lengths[index])
+            index += 1
+            while length > 0:
+                piece = min(length, max_sentence_tokens)
+                sent_start.append(start)
+                sent_len.append(piece)
+                start += piece
+                length -= piece
+        if len(sent_start) > doc_start[-1]:
+            doc_start.append(len(sent_start))
+    return TokenizedChunk(
+        tokens=tokens,
+        sent_start=np.asarray(sent_start, dtype=np.int64),
+        sent_len=np.asarray(sent_len, dtype=np.int64),
+        doc_start=np.asarray(doc_start, dtype=np.int64),
+    )

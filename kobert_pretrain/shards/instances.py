@@ -1,0 +1,168 @@
+"""Documents -> next-sentence pairs, following google-research/bert's
+`create_instances_from_document` (see ../shared/REFERENCE.md), on flat arrays.
+
+For every document: a target length of max_seq_length - 3 tokens, with
+probability short_seq_prob a random length in [2, that]; sentences accumulate
+into a chunk until the target is reached (or the document ends); segment A is
+the chunk's first a_end sentences (a_end random in [1, len - 1]); with
+probability random_next_prob (always, if the chunk has one sentence) segment B
+is taken from a random other document of the pool, starting at a random
+sentence, until B reaches the remaining target, and the chunk's unused
+sentences are put back; otherwise B is the rest of the chunk. The pair is then
+truncated to max_seq_length - 3 tokens by removing tokens from the longer
+segment, each from its front or back with probability 1/2.
+
+Because segments are runs of consecutive sentences, an instance is five
+integers: A = tokens[a_start:a_end], B = tokens[b_start:b_end], and the NSP
+label. Truncation is computed in closed form: the counts removed from A and B
+follow from the lengths alone, and front/back coin flips are binomial draws.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kobert_pretrain.shards.documents import TokenizedChunk
+
+
+class UniformStream:
+    """Uniform [0, 1) draws from a Generator, taken in blocks (a scalar Generator call costs ~1 us)."""
+
+    def __init__(self, rng: np.random.Generator, block: int = 4096):
+        self.rng = rng
+        self.block = block
+        self._buffer: list[float] = []
+
+    def random(self) -> float:
+        if not self._buffer:
+            self._buffer = self.rng.random(self.block).tolist()
+            self._buffer.reverse()
+        return self._buffer.pop()
+
+    def randint(self, low: int, high: int) -> int:
+        """Uniform integer in [low, high], both included."""
+        return low + int(self.random() * (high - low + 1))
+
+
+def truncation_counts(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:
+    """Tokens the reference loop removes from A and from B.
+
+    The loop removes one token at a time from the longer segment, from B on a
+    tie. So the longer one is first cut down to the other's length, then they
+    alternate starting with B.
+    """
+    excess = len_a + len_b - max_tokens
+    if excess <= 0:
+        return 0, 0
+    if len_a > len_b:
+        first_a, first_b = min(excess, len_a - len_b), 0
+    else:
+        first_a, first_b = 0, min(excess, len_b - len_a)
+    rest = excess - first_a - first_b
+    return first_a + rest // 2, first_b + (rest + 1) // 2
+
+
+def create_pairs(
+    chunk: TokenizedChunk,
+    max_seq_length: int,
+    short_seq_prob: float,
+    random_next_prob: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """One pass over every document of the chunk.
+
+    Returns int64 (num_instances, 5): a_start, a_end, b_start, b_end (token
+    offsets into chunk.tokens) and the NSP label (1 = B is a random next).
+    """
+    max_num_tokens = max_seq_length - 3
+    # Two streams from one generator: coin flips for truncation (binomial draws) apart from the
+    # uniforms that make every other decision, so each stream's sequence is easy to reproduce.
+    coins = np.random.default_rng(int(rng.integers(2**63)))
+    u = UniformStream(rng)
+    sent_start = chunk.sent_start.tolist()
+    sent_len = chunk.sent_len.tolist()
+    doc_start = chunk.doc_start.tolist()
+    num_docs = len(doc_start) - 1
+    out: list[tuple[int, int, int, int, int]] = []
+
+    def span(first: int, last: int) -> tuple[int, int]:
+        """Token range of sentences first..last (inclusive)."""
+        return sent_start[first], sent_start[last] + sent_len[last]
+
+    for d in range(num_docs):
+        first_sent, end_sent = doc_start[d], doc_start[d + 1]
+        target = max_num_tokens
+        if u.random() < short_seq_prob:
+            target = u.randint(2, max_num_tokens)
+        chunk_first = first_sent  # first sentence of the current chunk
+        chunk_len = 0
+        i = first_sent
+        while i < end_sent:
+            chunk_len += sent_len[i]
+            if i == end_sent - 1 or chunk_len >= target:
+                n = i - chunk_first + 1
+                a_end = u.randint(1, n - 1) if n >= 2 else 1
+                a_start_tok, a_end_tok = span(chunk_first, chunk_first + a_end - 1)
+                if n == 1 or u.random() < random_next_prob:
+                    is_random = 1
+                    target_b = target - (a_end_tok - a_start_tok)
+                    rd = d
+                    for _ in range(10):
+                        rd = u.randint(0, num_docs - 1)
+                        if rd != d:
+                            break
+                    r_first, r_end = doc_start[rd], doc_start[rd + 1]
+                    j = u.randint(r_first, r_end - 1)
+                    b_len = 0
+                    b_first = j
+                    while j < r_end:
+                        b_len += sent_len[j]
+                        if b_len >= target_b:
+                            break
+                        j += 1
+                    b_start_tok, b_end_tok = span(b_first, min(j, r_end - 1))
+                    i = chunk_first + a_end - 1  # put the unused sentences back
+                else:
+                    is_random = 0
+                    b_start_tok, b_end_tok = span(chunk_first + a_end, i)
+                cut_a, cut_b = truncation_counts(a_end_tok - a_start_tok, b_end_tok - b_start_tok, max_num_tokens)
+                if cut_a:
+                    front = int(coins.binomial(cut_a, 0.5))
+                    a_start_tok, a_end_tok = a_start_tok + front, a_end_tok - (cut_a - front)
+                if cut_b:
+                    front = int(coins.binomial(cut_b, 0.5))
+                    b_start_tok, b_end_tok = b_start_tok + front, b_end_tok - (cut_b - front)
+                out.append((a_start_tok, a_end_tok, b_start_tok, b_end_tok, is_random))
+                chunk_first = i + 1
+                chunk_len = 0
+            i += 1
+    return np.asarray(out, dtype=np.int64).reshape(-1, 5)
+
+
+def materialize(tokens: np.ndarray, pairs: np.ndarray, cls_id: int, sep_id: int):
+    """Build [CLS] A [SEP] B [SEP] for every pair.
+
+    Returns (flat int32 tokens, int64 offsets (n + 1,), len_a int32 (n,)).
+    """
+    a_len = pairs[:, 1] - pairs[:, 0]
+    b_len = pairs[:, 3] - pairs[:, 2]
+    total = a_len + b_len + 3
+    offsets = np.zeros(len(pairs) + 1, dtype=np.int64)
+    np.cumsum(total, out=offsets[1:])
+    out = np.empty(int(offsets[-1]), dtype=np.int32)
+    base = offsets[:-1]
+    out[base] = cls_id
+    out[base + 1 + a_len] = sep_id
+    out[offsets[1:] - 1] = sep_id
+    _gather(out, tokens, dst=base + 1, src=pairs[:, 0], length=a_len)
+    _gather(out, tokens, dst=base + 2 + a_len, src=pairs[:, 2], length=b_len)
+    return out, offsets, a_len.astype(np.int32)
+
+
+def _gather(out: np.ndarray, tokens: np.ndarray, dst: np.ndarray, src: np.ndarray, length: np.ndarray) -> None:
+    """out[dst[i] : dst[i] + length[i]] = tokens[src[i] : src[i] + length[i]] for all i, without a Python loop."""
+    total = int(length.sum())
+    if total == 0:
+        return
+    within = np.arange(total) - np.repeat(np.cumsum(length) - length, length)
+    out[np.repeat(dst, length) + within] = tokens[np.repeat(src, length) + within]
