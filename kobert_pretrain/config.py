@@ -141,9 +141,9 @@ class ShardsConfig:
             problems.append(f"shards.masking={self.masking!r}: must be one of {', '.join(MASKING_MODES)}")
         if not 0.0 < self.masked_lm_prob < 1.0:
             problems.append(f"shards.masked_lm_prob={self.masked_lm_prob}: must be in (0, 1)")
-        if not 1 <= self.max_predictions_per_seq <= self.max_seq_length:
+        if not 1 <= self.max_predictions_per_seq <= self.max_seq_length - 3:
             problems.append(
-                f"shards.max_predictions_per_seq={self.max_predictions_per_seq}: must be in [1, max_seq_length]"
+                f"shards.max_predictions_per_seq={self.max_predictions_per_seq}: must be in [1, max_seq_length - 3]"
             )
         if self.num_shards < 0:
             problems.append(f"shards.num_shards={self.num_shards}: must be >= 0 (0 = automatic)")

@@ -62,3 +62,24 @@ def debug_vocab(tmp_path_factory, demo_corpus) -> Path:
     out = tmp_path_factory.mktemp("vocab") / "debug"
     cfg = load_config(ROOT / "configs" / "debug.toml", [f"--vocab.input={demo_corpus}", f"--vocab.out={out}"])
     return build_vocab(cfg.vocab)
+
+
+def shards_config(corpus, vocab, out, *overrides: str):
+    from kobert_pretrain.config import load_config
+
+    args = [f"--shards.input={corpus}", f"--shards.vocab={vocab}", f"--shards.out={out}", *overrides]
+    return load_config(ROOT / "configs" / "debug.toml", args).shards
+
+
+@pytest.fixture(scope="session")
+def debug_shards(tmp_path_factory, demo_corpus, debug_vocab) -> Path:
+    """Dynamic-masking shards of the demo corpus with configs/debug.toml (seq 64), built once."""
+    from kobert_pretrain.shards import build_shards
+
+    out = tmp_path_factory.mktemp("shards") / "debug"
+    return build_shards(shards_config(demo_corpus, debug_vocab, out))
+
+
+def tree_bytes(path: Path) -> dict[str, bytes]:
+    """Every file under `path` by relative name, for byte-identity checks."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}

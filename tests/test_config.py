@@ -23,7 +23,9 @@ def test_configs_exist():
 def test_every_config_file_loads_and_validates(path):
     cfg = load_config(path)
     # Paths are per run, not per config file: with them given, every section is valid.
-    cfg = load_config(path, ["--vocab.input=corpus.txt", "--vocab.out=out"], validate=tuple(SECTIONS))
+    paths = ["--vocab.input=corpus.txt", "--vocab.out=out", "--shards.input=corpus.txt", "--shards.vocab=v",
+             "--shards.out=s"]
+    cfg = load_config(path, paths, validate=tuple(SECTIONS))
     assert cfg.vocab.vocab_size >= 6
 
 

@@ -284,9 +284,6 @@ def build_shards(cfg: ShardsConfig) -> Path:
         raise ConfigError(problems)
     dist = distributed.init()
     vocab = Vocab.load(cfg.vocab)
-    if cfg.max_predictions_per_seq > cfg.max_seq_length - 3:
-        raise ConfigError([f"shards.max_predictions_per_seq={cfg.max_predictions_per_seq}: "
-                           f"must be at most max_seq_length - 3 = {cfg.max_seq_length - 3}"])
     paths = resolve_inputs(cfg.input)
     out = Path(cfg.out)
     fp = fingerprint(cfg, vocab.sha256, paths)

@@ -17,11 +17,16 @@ import numpy as np
 # A sentence ends after . ? ! (or their full-width forms, or …), optional closing quotes or
 # brackets, then whitespace. Korean prose ends sentences with "다." and the like; "3.14"
 # and "1.5배" have no whitespace after the dot and stay whole.
-_SENTENCE_END = re.compile(r"(?<=[.?!。？！…])[\"'”’)\]」』]*\s+")
+_SENTENCE_END = re.compile(r"[.?!。？！…][\"'”’)\]」』]*\s+")
 
 
 def split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+    sentences, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        sentences.append(text[start:match.end()].strip())
+        start = match.end()
+    sentences.append(text[start:].strip())
+    return [s for s in sentences if s]
 
 
 @dataclass
