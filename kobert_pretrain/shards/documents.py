@@ -9,6 +9,7 @@ all the pairing step needs.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -50,14 +51,8 @@ def read_documents(segments: list[tuple[str, int, int]], input_format: str, coun
         if start == 0 and data.startswith(b"\xef\xbb\xbf"):
             data = data[3:]
         current: list[str] = []
-        for raw in data.split(b"\n"):
-            counters.lines += 1
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                counters.undecodable_lines += 1
-                counters.undecodable_by_file[path] = counters.undecodable_by_file.get(path, 0) + 1
-                continue
+        for line in _decoded_lines(data, path, counters):
+            line = line.strip()
             if input_format == "documents":
                 sentences = split_sentences(line)
                 if sentences:
@@ -69,10 +64,24 @@ def read_documents(segments: list[tuple[str, int, int]], input_format: str, coun
                 current = []
         if current:
             documents.append(current)
-        # `data.split` counts one line too many when the segment ends with a newline.
-        if data.endswith(b"\n"):
-            counters.lines -= 1
     return documents
+
+
+def _decoded_lines(data: bytes, path: str, counters: ChunkText) -> list[str]:
+    """The lines of a segment; lines that are not UTF-8 are dropped and counted."""
+    counters.lines += data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    try:
+        return data.decode("utf-8").split("\n")  # fast path: the whole segment is valid
+    except UnicodeDecodeError:
+        pass
+    lines = []
+    for raw in data.split(b"\n"):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            counters.undecodable_lines += 1
+            counters.undecodable_by_file[path] = counters.undecodable_by_file.get(path, 0) + 1
+    return lines
 
 
 @dataclass
@@ -100,28 +109,20 @@ def tokenize_documents(documents: list[list[str]], sp, max_sentence_tokens: int)
     flat = [s for doc in documents for s in doc]
     encoded = sp.encode(flat, num_threads=1) if flat else []
     lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-    tokens = np.fromiter((t for ids in encoded for t in ids), dtype=np.int32, count=int(lengths.sum()))
+    tokens = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=int(lengths.sum()))
     starts = np.cumsum(lengths) - lengths
 
-    sent_start: list[int] = []
-    sent_len: list[int] = []
-    doc_start = [0]
-    index = 0
-    for doc in documents:
-        for _ in doc:
-            start, length = int(starts[index]), int(lengths[index])
-            index += 1
-            while length > 0:
-                piece = min(length, max_sentence_tokens)
-                sent_start.append(start)
-                sent_len.append(piece)
-                start += piece
-                length -= piece
-        if len(sent_start) > doc_start[-1]:
-            doc_start.append(len(sent_start))
-    return TokenizedChunk(
-        tokens=tokens,
-        sent_start=np.asarray(sent_start, dtype=np.int64),
-        sent_len=np.asarray(sent_len, dtype=np.int64),
-        doc_start=np.asarray(doc_start, dtype=np.int64),
-    )
+    # Cut each sentence into ceil(len / max) pieces (0 for a sentence with no tokens).
+    pieces = -(-lengths // max_sentence_tokens)
+    sentence_of_piece = np.repeat(np.arange(len(lengths)), pieces)
+    k = np.arange(int(pieces.sum())) - np.repeat(np.cumsum(pieces) - pieces, pieces)  # piece number in its sentence
+    sent_start = starts[sentence_of_piece] + k * max_sentence_tokens
+    sent_len = np.minimum(max_sentence_tokens, lengths[sentence_of_piece] - k * max_sentence_tokens)
+    # Documents: their pieces are contiguous; documents left with no piece are dropped.
+    sentences_per_doc = np.fromiter(map(len, documents), dtype=np.int64, count=len(documents))
+    pieces_before = np.concatenate([[0], np.cumsum(pieces)])
+    doc_end = pieces_before[np.cumsum(sentences_per_doc)]
+    doc_size = np.diff(np.concatenate([[0], doc_end]))
+    doc_start = np.concatenate([[0], doc_end[doc_size > 0]])
+    return TokenizedChunk(tokens=tokens, sent_start=sent_start.astype(np.int64), sent_len=sent_len.astype(np.int64),
+                          doc_start=doc_start.astype(np.int64))
