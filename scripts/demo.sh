@@ -26,4 +26,9 @@ text = "대한민국의 주권은 국민에게 있다."
 print(f"   {text} -> {sp.encode(text, out_type=str)}")
 PY
 
+echo "== stage 2: masked-LM / next-sentence shards (2 worker processes)"
+"$KOBERT" shards --config "$CONFIG" --input "$DEMO_DIR/corpus.txt" --vocab "$DEMO_DIR/vocab" \
+    --out "$DEMO_DIR/shards" --workers 2
+"$KOBERT" inspect "$DEMO_DIR/shards" --num 1
+
 echo "== done: outputs under $DEMO_DIR"
