@@ -65,6 +65,12 @@ def _run_inspect(args: argparse.Namespace, cfg) -> None:
     print(to_json(report) if args.json else format_report(report))
 
 
+def _run_train(args: argparse.Namespace, cfg) -> None:
+    from kobert_pretrain.train import train
+
+    train(cfg, resume=args.resume)
+
+
 def _run_demo_corpus(args: argparse.Namespace, cfg) -> None:
     from kobert_pretrain.demo import write_demo_corpus
 
@@ -109,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--input-format", dest="shards.input_format", choices=["sentences", "documents"],
           help="sentences: one per line, blank line between documents (default); documents: one per line")
     p.set_defaults(run=_run_shards)
+
+    p = _add_stage(sub, "train", "pretrain BERT on shards; run under horovodrun for several ranks (stage 3)",
+                   ("model", "train", "log", "checkpoint"))
+    _flag(p, "--shards", dest="train.shards", metavar="DIR", help="shard directory (phase 1)")
+    _flag(p, "--out", "-o", dest="train.out", metavar="RUN_DIR", help="run directory")
+    _flag(p, "--eval-shards", dest="train.eval_shards", metavar="DIR", help="held-out shards for evaluation")
+    _flag(p, "--vocab", dest="train.vocab", metavar="DIR", help="vocabulary (default: recorded in the shards)")
+    _flag(p, "--max-steps", dest="train.max_steps", metavar="N", help="optimizer steps")
+    _flag(p, "--preset", dest="model.preset", choices=["debug", "small", "base", "large"], help="model shape")
+    p.add_argument("--resume", default="auto", metavar="auto|none|PATH",
+                   help="auto (default): newest complete checkpoint in RUN_DIR, or a fresh start; "
+                        "none: refuse to run over an existing run; PATH: exactly that checkpoint")
+    p.set_defaults(run=_run_train)
 
     p = sub.add_parser("inspect", help="print a shard set's totals and a few decoded instances",
                        allow_abbrev=False)

@@ -167,10 +167,165 @@ class ShardsConfig:
         return {k: v for k, v in to_dict(self).items() if k not in self.RUN_LOCAL}
 
 
-# Sections of a config file, in pipeline order. Later stages add theirs here.
+MODEL_PRESETS = ("debug", "small", "base", "large")
+
+
+@dataclass
+class ModelConfig:
+    """The BERT shape: a preset, with any field overridable (0 = take the preset's value)."""
+
+    preset: str = opt("base", "debug (2 x 64), small (4 x 512), base (12 x 768, KoBERT), large (24 x 1024)")
+    num_layers: int = opt(0, "transformer layers; 0 = preset")
+    units: int = opt(0, "hidden size of the model; 0 = preset")
+    hidden_size: int = opt(0, "feed-forward inner size; 0 = preset")
+    num_heads: int = opt(0, "attention heads; 0 = preset")
+    max_length: int = opt(0, "position embeddings (longest sequence); 0 = preset")
+    dropout: float = opt(0.1, "dropout probability in embeddings, attention and feed-forward")
+    use_nsp: bool = opt(True, "train the next-sentence head; false = MLM only")
+
+    def resolved(self) -> dict:
+        """The shape with preset values filled in."""
+        from kobert_pretrain.model import PRESETS
+
+        layers, units, hidden, heads, length = PRESETS.get(self.preset, (0, 0, 0, 0, 0))
+        return {
+            "num_layers": self.num_layers or layers,
+            "units": self.units or units,
+            "hidden_size": self.hidden_size or hidden,
+            "num_heads": self.num_heads or heads,
+            "max_length": self.max_length or length,
+        }
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.preset not in MODEL_PRESETS:
+            problems.append(f"model.preset={self.preset!r}: must be one of {', '.join(MODEL_PRESETS)}")
+            return problems
+        shape = self.resolved()
+        for name in ("num_layers", "units", "hidden_size", "num_heads", "max_length"):
+            if getattr(self, name) < 0:
+                problems.append(f"model.{name}={getattr(self, name)}: must be >= 0 (0 = preset)")
+        if shape["num_heads"] > 0 and shape["units"] % shape["num_heads"]:
+            problems.append(f"model: units {shape['units']} is not divisible by num_heads {shape['num_heads']}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"model.dropout={self.dropout}: must be in [0, 1)")
+        return problems
+
+
+OPTIMIZERS = ("lamb", "bertadam")
+DECAYS = ("linear", "poly")
+DTYPES = ("float32", "float16")
+DEVICES = ("auto", "cpu", "gpu")
+
+
+@dataclass
+class TrainConfig:
+    """Stage 3, `kobert-pretrain train`: data, batch, optimizer, schedule, precision."""
+
+    shards: str = opt("", "shard directory for phase 1")
+    out: str = opt("", "run directory: metrics.jsonl, checkpoints/, config.json")
+    vocab: str = opt("", "vocabulary directory; empty = the one recorded in the shards' config")
+    eval_shards: str = opt("", "held-out shard directory for evaluation; empty = no evaluation")
+    max_steps: int = opt(1000, "optimizer steps in total (both phases)")
+    micro_batch_size: int = opt(32, "sequences per rank per forward/backward")
+    global_batch_size: int = opt(0, "sequences per optimizer step over all ranks; 0 = micro x ranks")
+    phase2_shards: str = opt("", "shard directory for phase 2 (e.g. seq 512); empty = one phase")
+    phase2_start_step: int = opt(0, "step at which phase 2 begins (0 = no phase 2)")
+    phase2_micro_batch_size: int = opt(0, "micro batch in phase 2; 0 = micro_batch_size")
+    phase2_global_batch_size: int = opt(0, "global batch in phase 2; 0 = global_batch_size")
+    optimizer: str = opt("lamb", "lamb (MXNet's LAMB) or bertadam (GluonNLP's Adam with decoupled weight decay)")
+    lr: float = opt(1e-4, "peak learning rate")
+    warmup_steps: int = opt(100, "steps of linear warm-up from 0 to lr")
+    decay: str = opt("linear", "after warm-up: linear or poly (power decay_power) down to end_lr at max_steps")
+    decay_power: float = opt(1.0, "exponent of the poly decay")
+    end_lr: float = opt(0.0, "learning rate at max_steps")
+    weight_decay: float = opt(0.01, "decoupled weight decay; not applied to LayerNorm and biases")
+    beta1: float = opt(0.9, "first-moment decay")
+    beta2: float = opt(0.999, "second-moment decay")
+    epsilon: float = opt(1e-6, "optimizer epsilon")
+    clip_grad_norm: float = opt(1.0, "clip the global gradient norm to this (over all ranks); 0 = off")
+    dtype: str = opt("float32", "float32, or float16 (GPU: fp16 compute, fp32 master weights, loss scaling)")
+    loss_scale: float = opt(1024.0, "initial dynamic loss scale for float16 (GluonNLP: 2^10)")
+    loss_scale_window: int = opt(2000, "steps without overflow before the loss scale doubles")
+    device: str = opt("auto", "auto (GPU local_rank if any), cpu or gpu")
+    fp16_allreduce: bool = opt(False, "compress gradients to fp16 for the allreduce (Horovod)")
+    allreduce_groups: int = opt(0, "Horovod grouped allreduce: number of groups; 0 = one allreduce per tensor")
+    eval_interval: int = opt(0, "steps between evaluations; 0 = only at the end (if eval_shards)")
+    eval_batches: int = opt(50, "micro-batches per rank per evaluation")
+    bucket_window: int = opt(64, "rounds of micro-batches sorted together by length; 1 = no bucketing")
+    prefetch: int = opt(4, "batches prepared ahead by the loader thread")
+    seed: int = opt(0, "seed of initialisation, data order, dynamic masks and dropout")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.shards:
+            problems.append("train.shards: give the shard directory with --shards")
+        if not self.out:
+            problems.append("train.out: give a run directory with --out")
+        for name in ("max_steps", "micro_batch_size", "eval_batches", "bucket_window", "loss_scale_window"):
+            if getattr(self, name) < 1:
+                problems.append(f"train.{name}={getattr(self, name)}: must be >= 1")
+        for name in ("global_batch_size", "phase2_start_step", "phase2_micro_batch_size",
+                     "phase2_global_batch_size", "warmup_steps", "eval_interval", "prefetch",
+                     "allreduce_groups", "seed"):
+            if getattr(self, name) < 0:
+                problems.append(f"train.{name}={getattr(self, name)}: must be >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"train.optimizer={self.optimizer!r}: must be one of {', '.join(OPTIMIZERS)}")
+        if self.decay not in DECAYS:
+            problems.append(f"train.decay={self.decay!r}: must be one of {', '.join(DECAYS)}")
+        if self.dtype not in DTYPES:
+            problems.append(f"train.dtype={self.dtype!r}: must be one of {', '.join(DTYPES)}")
+        if self.device not in DEVICES:
+            problems.append(f"train.device={self.device!r}: must be one of {', '.join(DEVICES)}")
+        if self.lr <= 0:
+            problems.append(f"train.lr={self.lr}: must be > 0")
+        if not 0 <= self.end_lr <= self.lr:
+            problems.append(f"train.end_lr={self.end_lr}: must be in [0, lr]")
+        if self.clip_grad_norm < 0 or self.weight_decay < 0 or self.loss_scale <= 0:
+            problems.append("train: clip_grad_norm and weight_decay must be >= 0, loss_scale > 0")
+        if bool(self.phase2_shards) != bool(self.phase2_start_step):
+            problems.append("train: phase2_shards and phase2_start_step go together (give both or neither)")
+        elif self.phase2_start_step and not 0 < self.phase2_start_step < self.max_steps:
+            problems.append(f"train.phase2_start_step={self.phase2_start_step}: must be in (0, max_steps)")
+        return problems
+
+
+@dataclass
+class LogConfig:
+    """Logging of `kobert-pretrain train`."""
+
+    interval: int = opt(10, "steps between log lines (and metrics.jsonl records)")
+    tensorboard: bool = opt(True, "also write TensorBoard event files when tensorboardX is installed")
+
+    def validate(self) -> list[str]:
+        return [f"log.interval={self.interval}: must be >= 1"] if self.interval < 1 else []
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints of `kobert-pretrain train` (RUN_DIR/checkpoints/step-00001000/)."""
+
+    interval: int = opt(1000, "steps between checkpoints; 0 = only at the end")
+    keep_last: int = opt(3, "newest checkpoints kept; older ones are deleted once a newer one is complete")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.interval < 0:
+            problems.append(f"checkpoint.interval={self.interval}: must be >= 0")
+        if self.keep_last < 1:
+            problems.append(f"checkpoint.keep_last={self.keep_last}: must be >= 1")
+        return problems
+
+
+# Sections of a config file, in pipeline order.
 SECTIONS: dict[str, type] = {
     "vocab": VocabConfig,
     "shards": ShardsConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "log": LogConfig,
+    "checkpoint": CheckpointConfig,
 }
 
 
@@ -180,6 +335,10 @@ class Config:
 
     vocab: VocabConfig = field(default_factory=VocabConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def section(self, name: str) -> Any:
         return getattr(self, name)

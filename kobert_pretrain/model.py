@@ -1,0 +1,84 @@
+"""BERT shapes and the GluonNLP `BERTModel` with its masked-LM and next-sentence heads.
+
+The transformer is GluonNLP 0.10's `BERTEncoder`/`BERTModel` (erf GELU,
+LayerNorm eps 1e-12): the MLM decoder (Dense -> GELU -> LayerNorm -> Dense
+tied to the word embedding) runs on the masked positions only; the NSP
+classifier sits on the pooled [CLS] output and can be switched off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# name: (num_layers, units, hidden_size, num_heads, max_length)
+PRESETS: dict[str, tuple[int, int, int, int, int]] = {
+    "debug": (2, 64, 256, 2, 128),
+    "small": (4, 512, 2048, 8, 512),  # Google's compact BERT-Small (L=4, H=512)
+    "base": (12, 768, 3072, 12, 512),  # KoBERT / BERT-base
+    "large": (24, 1024, 4096, 16, 512),
+}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    num_layers: int
+    units: int
+    hidden_size: int
+    num_heads: int
+    max_length: int
+    vocab_size: int
+    dropout: float
+    use_nsp: bool
+
+    def parameter_count(self) -> int:
+        """Trainable parameters (the decoder's output weight is tied to the word embedding)."""
+        u, h, v, n = self.units, self.hidden_size, self.vocab_size, self.num_layers
+        embeddings = v * u + 2 * u + self.max_length * u + 2 * u
+        layer = 4 * (u * u + u) + 2 * u + (u * h + h) + (h * u + u) + 2 * u
+        pooler = u * u + u
+        mlm_head = u * u + u + 2 * u + v
+        nsp_head = (2 * u + 2) if self.use_nsp else 0
+        return embeddings + n * layer + pooler + mlm_head + nsp_head
+
+    def train_flops_per_sequence(self, seq_len: int, masked: int) -> float:
+        """Forward + backward FLOPs for one sequence: 6 x weights x tokens, attention, and the MLM head
+        on masked positions only (the usual BERT accounting, see ../shared/REFERENCE.md)."""
+        u, h, n = self.units, self.hidden_size, self.num_layers
+        per_token = n * (4 * u * u + 2 * u * h)  # matmul weights each token passes through
+        attention = n * 2 * seq_len * seq_len * u  # QK^T and AV
+        mlm = masked * (u * u + u * self.vocab_size)
+        return 6.0 * (per_token * seq_len + mlm) + 3.0 * 2 * attention
+
+
+def build_model(shape: ModelShape):
+    """A GluonNLP BERTModel (not initialised) with MLM decoder and, if enabled, NSP classifier."""
+    from gluonnlp.model.bert import BERTEncoder, BERTModel
+
+    encoder = BERTEncoder(
+        num_layers=shape.num_layers,
+        units=shape.units,
+        hidden_size=shape.hidden_size,
+        max_length=shape.max_length,
+        num_heads=shape.num_heads,
+        dropout=shape.dropout,
+        output_attention=False,
+        output_all_encodings=False,
+        activation="gelu",
+        layer_norm_eps=1e-12,
+    )
+    return BERTModel(
+        encoder,
+        vocab_size=shape.vocab_size,
+        token_type_vocab_size=2,
+        units=shape.units,
+        embed_size=shape.units,
+        use_pooler=True,
+        use_decoder=True,
+        use_classifier=shape.use_nsp,
+        use_token_type_embed=True,
+    )
+
+
+def no_weight_decay(name: str) -> bool:
+    """LayerNorm scales/shifts and biases are not decayed (BERT, GluonNLP, NVIDIA all exclude them)."""
+    return name.endswith(("gamma", "beta", "bias"))

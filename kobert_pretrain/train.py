@@ -1,0 +1,526 @@
+"""Stage 3: BERT pretraining with GluonNLP on MXNet, data-parallel under Horovod.
+
+`train(cfg)` runs in one process, or in every rank of
+`horovodrun -np N ... kobert-pretrain train ...`. Each optimizer step takes
+`accumulation` micro-batches per rank; every rank backpropagates its share of
+the *global* loss (MLM cross-entropy summed over the masked tokens of the whole
+global batch divided by their number, plus NSP cross-entropy averaged over its
+sequences), so N ranks with micro batch b compute the same update as one rank
+with batch N*b. Gradients are then allreduced, clipped by their global norm
+(see `optim.update_scaling`, correct whether Horovod summed or averaged) and
+applied by LAMB or BERTAdam with a warm-up/decay schedule. Dropout is seeded
+from (seed, step, rank) before every step, so a resumed run repeats an
+uninterrupted one bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from kobert_pretrain import distributed
+from kobert_pretrain.checkpoint import CheckpointManager
+from kobert_pretrain.config import Config, ConfigError, config_hash, to_dict
+from kobert_pretrain.data import LoaderConfig, PretrainingLoader
+from kobert_pretrain.errors import UserError
+from kobert_pretrain.fsutil import atomic_write_json, atomic_write_text
+from kobert_pretrain.masking import MaskingSpec
+from kobert_pretrain.model import ModelShape, build_model, no_weight_decay
+from kobert_pretrain.optim import LossScaler, learning_rate, update_scaling
+from kobert_pretrain.shards import ShardSet
+from kobert_pretrain.vocab import Vocab
+
+METRICS = "metrics.jsonl"
+
+
+def train(cfg: Config, resume: str = "auto") -> Path:
+    """Train (or resume) the run in `cfg.train.out`; return the run directory."""
+    trainer = Trainer(cfg, resume)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    return Path(cfg.train.out)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The MXNet RNG seed before step `step` on `rank` (dropout): a fixed function, nothing to save."""
+    return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**31 - 1)
+
+
+class Phase:
+    """One training phase: its shards, loader and batch geometry."""
+
+    def __init__(self, number: int, shard_set: ShardSet, micro: int, global_batch: int, first_step: int):
+        self.number = number
+        self.shard_set = shard_set
+        self.micro = micro
+        self.global_batch = global_batch
+        self.first_step = first_step
+        self.loader: PretrainingLoader | None = None
+
+    def accumulation(self, world: int) -> int:
+        return self.global_batch // (self.micro * world)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: str = "auto"):
+        import mxnet as mx
+
+        self.mx = mx
+        self.cfg = cfg
+        tc = cfg.train
+        problems = [p for name in ("model", "train", "log", "checkpoint") for p in cfg.section(name).validate()]
+        if problems:
+            raise ConfigError(problems)
+        self.dist = distributed.init()
+        self.run_dir = Path(tc.out)
+        self.is_root = self.dist.is_root
+        world = self.dist.size
+
+        # Data: shard sets must agree with each other, with the vocabulary and with the model.
+        self.phases: list[Phase] = []
+        first = ShardSet.open(tc.shards)
+        vocab_sha = first.index["vocab_sha256"]
+        global1 = tc.global_batch_size or tc.micro_batch_size * world
+        self.phases.append(Phase(1, first, tc.micro_batch_size, global1, 0))
+        if tc.phase2_shards:
+            second = ShardSet.open(tc.phase2_shards, vocab_sha256=vocab_sha)
+            micro2 = tc.phase2_micro_batch_size or tc.micro_batch_size
+            global2 = tc.phase2_global_batch_size or (tc.global_batch_size or micro2 * world)
+            self.phases.append(Phase(2, second, micro2, global2, tc.phase2_start_step))
+        self.eval_set = ShardSet.open(tc.eval_shards, vocab_sha256=vocab_sha) if tc.eval_shards else None
+        shape_fields = cfg.model.resolved()
+        self.shape = ModelShape(**shape_fields, vocab_size=first.index["vocab_size"], dropout=cfg.model.dropout,
+                                use_nsp=cfg.model.use_nsp)
+        for phase in self.phases:
+            seq = phase.shard_set.max_seq_length
+            if seq > self.shape.max_length:
+                problems.append(f"phase {phase.number} shards have max_seq_length {seq} but the model has only "
+                                f"{self.shape.max_length} positions (model.max_length)")
+            if phase.global_batch % (phase.micro * world):
+                problems.append(f"phase {phase.number}: global batch {phase.global_batch} is not divisible by "
+                                f"micro batch {phase.micro} x {world} rank(s)")
+            if phase.shard_set.num_instances < phase.global_batch:
+                problems.append(f"phase {phase.number}: {phase.shard_set.num_instances} instances, fewer than "
+                                f"one global batch of {phase.global_batch}")
+        if self.eval_set is not None and self.eval_set.max_seq_length > self.shape.max_length:
+            problems.append(f"eval shards have max_seq_length {self.eval_set.max_seq_length} > model.max_length")
+        vocab_dir = tc.vocab or first.index["config"].get("vocab", "")
+        try:
+            vocab = Vocab.load(vocab_dir)
+            if vocab.sha256 != vocab_sha:
+                problems.append(f"vocabulary {vocab_dir} is not the one the shards were built with (sha256 differs)")
+        except UserError as e:
+            problems.append(f"{e} (set --train.vocab)")
+            vocab = None
+        if tc.dtype == "float16" and self._device_kind() != "gpu":
+            problems.append("train.dtype=float16 needs a GPU (on CPU use float32)")
+        if problems:
+            raise ConfigError(problems)
+        index = first.index
+        self.spec = MaskingSpec.from_vocab(vocab, index["masked_lm_prob"], index["max_predictions_per_seq"],
+                                           index["whole_word_mask"])
+        self.vocab_sha = vocab_sha
+
+        self.ctx = mx.gpu(self.dist.local_rank) if self._device_kind() == "gpu" else mx.cpu()
+        self.checkpoints = CheckpointManager(self.run_dir, keep_last=cfg.checkpoint.keep_last,
+                                             is_writer=self.is_root)
+        self.step = 0
+        self.tokens_seen = 0
+        self.sequences_seen = 0
+        self.scaler = LossScaler(tc.loss_scale if tc.dtype == "float16" else 1.0, tc.loss_scale_window)
+        self._pending_data_state = None
+        self._last_saved_step = -1
+        self._build_model()
+        self.resumed_from = self._resume(resume)
+        self._window = _Window()
+        self._tb = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def _device_kind(self) -> str:
+        if self.cfg.train.device != "auto":
+            return self.cfg.train.device
+        return "gpu" if self.mx.context.num_gpus() > 0 else "cpu"
+
+    def _build_model(self) -> None:
+        mx, tc = self.mx, self.cfg.train
+        mx.random.seed(tc.seed)
+        self.net = build_model(self.shape)
+        self.net.initialize(init=mx.init.Normal(0.02), ctx=self.ctx)
+        # One forward pass finishes deferred shape inference before parameters are shared.
+        ones = mx.nd.ones((1, 8), ctx=self.ctx)
+        self.net(ones, ones * 0, mx.nd.array([8], ctx=self.ctx), mx.nd.zeros((1, 1), ctx=self.ctx))
+        if tc.dtype == "float16":
+            self.net.cast("float16")
+        self.net.hybridize(static_alloc=True)
+        params = self.net.collect_params()
+        for name, p in params.items():
+            p.grad_req = "add"  # gradients accumulate over micro-batches; zeroed after each step
+            if no_weight_decay(name):
+                p.wd_mult = 0.0
+        self.params = [p for p in params.values() if p.grad_req != "null"]
+        optimizer_params = {"learning_rate": tc.lr, "beta1": tc.beta1, "beta2": tc.beta2, "epsilon": tc.epsilon,
+                            "wd": tc.weight_decay}
+        if tc.dtype == "float16":
+            optimizer_params["multi_precision"] = True
+        if tc.optimizer == "bertadam":
+            import gluonnlp  # noqa: F401  (registers 'bertadam')
+        if self.dist.enabled:
+            hvd = self.dist.hvd
+            # Horovod: every rank starts from rank 0's parameters.
+            hvd.broadcast_parameters(params, root_rank=0)
+            # Horovod: gradients are allreduced inside the trainer (optionally fp16-compressed, grouped).
+            compression = hvd.Compression.fp16 if tc.fp16_allreduce else hvd.Compression.none
+            self.trainer = hvd.DistributedTrainer(params, tc.optimizer, optimizer_params,
+                                                  compression=compression, num_groups=tc.allreduce_groups)
+            if os.environ.get("KOBERT_HOROVOD_AVERAGE") == "1":
+                # Horovod: average inside the allreduce, as builds with NCCL >= 2.10 do. Lets the CPU
+                # tests exercise that path of the clipping arithmetic (optim.update_scaling).
+                self.trainer._average_in_framework = False
+                self.trainer._scale = 1.0
+                self.trainer._postscale_factor = 1.0
+            self.grads_averaged = not self.trainer._average_in_framework
+        else:
+            self.trainer = mx.gluon.Trainer(params, tc.optimizer, optimizer_params, kvstore=None,
+                                            update_on_kvstore=False)
+            self.grads_averaged = False
+
+    def _resume(self, resume: str):
+        ckpt = self.checkpoints.resolve(resume)
+        if ckpt is None:
+            return None
+        state = ckpt.state()
+        problems = []
+        if state["model_shape"] != asdict(self.shape):
+            problems.append(f"checkpoint {ckpt.path} has model shape {state['model_shape']}, this run "
+                            f"{asdict(self.shape)}")
+        if state["vocab_sha256"] != self.vocab_sha:
+            problems.append(f"checkpoint {ckpt.path} was trained with another vocabulary")
+        if problems:
+            raise UserError("cannot resume: " + "; ".join(problems))
+        self.net.load_parameters(str(ckpt.path / "model.params"), ctx=self.ctx, cast_dtype=True,
+                                 dtype_source="current")
+        self.trainer.load_states(str(ckpt.path / "trainer.states"))
+        self.step = state["step"]
+        self._last_saved_step = self.step
+        self.tokens_seen = state["tokens_seen"]
+        self.sequences_seen = state["sequences_seen"]
+        self.scaler.load_state_dict(state["loss_scaler"])
+        self._pending_data_state = (state["phase"], state["data"])
+        if self.is_root:
+            self._truncate_metrics(self.step)
+        return ckpt
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metrics of steps after the checkpoint: the resumed run logs them again."""
+        path = self.run_dir / METRICS
+        if not path.exists():
+            return
+        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+    def _phase_for(self, step: int) -> Phase:
+        phase = self.phases[0]
+        for candidate in self.phases[1:]:
+            if step >= candidate.first_step:
+                phase = candidate
+        return phase
+
+    def _loader(self, phase: Phase) -> PretrainingLoader:
+        if phase.loader is None:
+            for other in self.phases:
+                if other.loader is not None:
+                    other.loader.close()
+                    other.loader = None
+            tc = self.cfg.train
+            phase.loader = PretrainingLoader(
+                phase.shard_set, LoaderConfig(phase.micro, seed=tc.seed + 1000 * phase.number,
+                                              bucket_window=tc.bucket_window, prefetch=tc.prefetch),
+                rank=self.dist.rank, world_size=self.dist.size, spec=self.spec)
+            pending = self._pending_data_state
+            if pending and pending[0] == phase.number and pending[1] is not None:
+                phase.loader.load_state_dict(pending[1])
+                self._pending_data_state = None
+        return phase.loader
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        tc = self.cfg.train
+        self._log_start()
+        while self.step < tc.max_steps:
+            metrics = self.train_step()
+            self.step += 1
+            self._log_step(metrics)
+            if self._eval_due():
+                self.evaluate()
+            if self._checkpoint_due():
+                self.save()
+        if self.eval_set is not None and not self._eval_due():
+            self.evaluate()
+        if self._last_saved_step != self.step:
+            self.save()
+
+    def train_step(self) -> dict:
+        """One optimizer step: `accumulation` micro-batches per rank, allreduce, clip, update."""
+        mx, tc = self.mx, self.cfg.train
+        phase = self._phase_for(self.step)
+        loader = self._loader(phase)
+        batches = [next(loader) for _ in range(phase.accumulation(self.dist.size))]
+        local = np.array([sum(float(b["masked_weights"].sum()) for b in batches),
+                          sum(float(b["valid_length"].sum()) for b in batches)])
+        masked_total, tokens_total = self.dist.allreduce_sum(local, name="step.counts")
+        sequences_total = phase.global_batch
+        mx.random.seed(step_seed(tc.seed, self.step, self.dist.rank))
+        scale = self.scaler.scale
+        sums = None
+        for batch in batches:
+            out = self._forward_backward(batch, masked_total, sequences_total, scale)
+            sums = out if sums is None else [a + b for a, b in zip(sums, out)]
+        # Horovod: allreduce the accumulated gradients (summed or averaged, see optim.update_scaling).
+        self.trainer.allreduce_grads()
+        held_norm = self._grad_norm()
+        scaling = update_scaling(held_norm, self.dist.size, self.grads_averaged, scale, tc.clip_grad_norm)
+        lr = learning_rate(self.step, tc.lr, tc.warmup_steps, tc.max_steps, tc.decay, tc.decay_power, tc.end_lr)
+        if self.scaler.update(math.isfinite(held_norm)):
+            self.trainer.set_learning_rate(lr)
+            self.trainer.update(scaling.batch_size)
+        for p in self.params:
+            p.zero_grad()
+        self.tokens_seen += int(tokens_total)
+        self.sequences_seen += sequences_total
+        return {"sums": sums, "lr": lr, "grad_norm": scaling.true_norm, "tokens": tokens_total,
+                "sequences": sequences_total, "phase": phase.number}
+
+    def _forward_backward(self, batch, masked_total, sequences_total, scale):
+        mx = self.mx
+        nd = {k: mx.nd.array(v, ctx=self.ctx, dtype=v.dtype) for k, v in batch.items()}
+        with mx.autograd.record():
+            mlm_sum, mlm_correct, nsp_sum, nsp_correct = self._losses(nd)
+            loss = mlm_sum / masked_total
+            if self.shape.use_nsp:
+                loss = loss + nsp_sum / sequences_total
+            loss = loss * scale
+        loss.backward()
+        return [mlm_sum.detach(), mlm_correct, nsp_sum.detach(), nsp_correct, nd["masked_weights"].sum()]
+
+    def _losses(self, nd):
+        """Summed MLM / NSP cross-entropy and correct counts of one batch."""
+        mx = self.mx
+        outputs = self.net(nd["input_ids"], nd["segment_ids"], nd["valid_length"].astype("float32"),
+                           nd["masked_positions"])
+        if self.shape.use_nsp:
+            _, _, nsp_logits, mlm_logits = outputs
+        else:
+            _, _, mlm_logits = outputs
+            nsp_logits = None
+        # (batch, max_predictions, vocab) -> (batch * max_predictions, vocab); fp32 for the softmax
+        mlm_logits = mlm_logits.astype("float32").reshape((-1, self.shape.vocab_size))
+        labels = nd["masked_ids"].reshape((-1,)).astype("float32")
+        weights = nd["masked_weights"].reshape((-1,))
+        log_probs = mx.nd.log_softmax(mlm_logits, axis=-1)
+        mlm_ce = -mx.nd.pick(log_probs, labels, axis=-1)
+        mlm_sum = (mlm_ce * weights).sum()
+        mlm_correct = ((mlm_logits.argmax(axis=-1) == labels) * weights).sum().detach()
+        if nsp_logits is None:
+            zero = mx.nd.zeros((1,), ctx=self.ctx)
+            return mlm_sum, mlm_correct, zero, zero
+        nsp_logits = nsp_logits.astype("float32")
+        nsp_labels = nd["nsp_labels"].astype("float32")
+        nsp_ce = -mx.nd.pick(mx.nd.log_softmax(nsp_logits, axis=-1), nsp_labels, axis=-1)
+        nsp_correct = (nsp_logits.argmax(axis=-1) == nsp_labels).sum().detach()
+        return mlm_sum, mlm_correct, nsp_ce.sum(), nsp_correct
+
+    def _grad_norm(self) -> float:
+        mx = self.mx
+        squares = [p.grad(self.ctx).astype("float32").norm().square() for p in self.params]
+        return float(mx.nd.add_n(*squares).sqrt().asscalar())
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _eval_due(self) -> bool:
+        tc = self.cfg.train
+        return self.eval_set is not None and tc.eval_interval > 0 and self.step % tc.eval_interval == 0
+
+    def evaluate(self) -> dict:
+        """MLM and NSP loss and accuracy on the held-out shards, averaged over all ranks."""
+        tc = self.cfg.train
+        loader = PretrainingLoader(self.eval_set, LoaderConfig(tc.micro_batch_size, seed=tc.seed, bucket_window=1,
+                                                               prefetch=0),
+                                   rank=self.dist.rank, world_size=self.dist.size, spec=self.spec)
+        totals = np.zeros(6)
+        for r in range(min(tc.eval_batches, loader.rounds_per_epoch)):
+            batch = loader.batch_at(0, r)
+            nd = {k: self.mx.nd.array(v, ctx=self.ctx, dtype=v.dtype) for k, v in batch.items()}
+            mlm_sum, mlm_correct, nsp_sum, nsp_correct = self._losses(nd)
+            totals += [mlm_sum.asscalar(), mlm_correct.asscalar(), float(batch["masked_weights"].sum()),
+                       nsp_sum.asscalar(), nsp_correct.asscalar(), len(batch["nsp_labels"])]
+        totals = self.dist.allreduce_sum(totals, name="eval.totals")
+        record = {"kind": "eval", "step": self.step,
+                  "eval_mlm_loss": totals[0] / max(1.0, totals[2]), "eval_mlm_acc": totals[1] / max(1.0, totals[2])}
+        if self.shape.use_nsp:
+            record.update(eval_nsp_loss=totals[3] / max(1.0, totals[5]), eval_nsp_acc=totals[4] / max(1.0, totals[5]))
+        if self.is_root:
+            self._write_metrics(record)
+            print("eval " + " | ".join(f"{k[5:]} {v:.4f}" for k, v in record.items() if k.startswith("eval_")),
+                  file=sys.stderr, flush=True)
+        return record
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint_due(self) -> bool:
+        interval = self.cfg.checkpoint.interval
+        return interval > 0 and self.step % interval == 0
+
+    def state_dict(self) -> dict:
+        # The data cursor of the phase the next step reads from (none yet if that phase has not started).
+        phase = self._phase_for(self.step)
+        data = phase.loader.state_dict() if phase.loader is not None else None
+        return {
+            "step": self.step,
+            "phase": phase.number,
+            "data": data,
+            "tokens_seen": self.tokens_seen,
+            "sequences_seen": self.sequences_seen,
+            "loss_scaler": self.scaler.state_dict(),
+            "world_size": self.dist.size,
+            "model_shape": asdict(self.shape),
+            "vocab_sha256": self.vocab_sha,
+            "shards": [p.shard_set.index["fingerprint"] for p in self.phases],
+            "config": to_dict(self.cfg),
+            "config_hash": config_hash(self.cfg),
+            "rng": "dropout is reseeded from (seed, step, rank) before every step; data order and masks are "
+                   "functions of (seed, epoch, position): no RNG state to restore",
+        }
+
+    def save(self) -> Path | None:
+        state = self.state_dict()
+
+        def write_files(tmp: Path) -> None:
+            self.net.save_parameters(str(tmp / "model.params"))
+            self.trainer.save_states(str(tmp / "trainer.states"))
+
+        path = self.checkpoints.save(self.step, write_files, state)
+        self.dist.barrier("checkpoint.saved")
+        self._last_saved_step = self.step
+        if path is not None:
+            print(f"checkpoint: {path}", file=sys.stderr, flush=True)
+        return path
+
+    # ------------------------------------------------------------------ logging
+
+    def _log_start(self) -> None:
+        self._started = time.time()
+        self._window.reset(self.step)
+        if not self.is_root:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.run_dir / "config.json", to_dict(self.cfg))
+        tc = self.cfg.train
+        phase = self._phase_for(self.step)
+        loader = self._loader(phase)
+        accumulation = phase.accumulation(self.dist.size)
+        steps_per_epoch = loader.rounds_per_epoch // accumulation
+        seq = phase.shard_set.max_seq_length
+        lines = [
+            f"train: {self.shape.num_layers} layers x {self.shape.units} units, {self.shape.num_heads} heads, "
+            f"vocab {self.shape.vocab_size}: {self.shape.parameter_count():,} parameters",
+            f"train: {self.dist.size} rank(s) on {self.ctx}, {tc.dtype}, {tc.optimizer} lr {tc.lr:g} "
+            f"(warm-up {tc.warmup_steps}, {tc.decay} decay), clip {tc.clip_grad_norm:g}",
+            f"train: phase {phase.number}: seq {seq}, micro batch {phase.micro} x accumulation {accumulation} x "
+            f"{self.dist.size} rank(s) = global batch {phase.global_batch}; up to {phase.global_batch * seq:,} "
+            f"tokens per step; {steps_per_epoch:,} steps per epoch "
+            f"({phase.shard_set.num_instances:,} instances)",
+        ]
+        if self.resumed_from is not None:
+            lines.append(f"train: resumed from {self.resumed_from.path} at step {self.step}")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+    def _log_step(self, metrics: dict) -> None:
+        self._window.add(metrics)
+        if self.step % self.cfg.log.interval and self.step != self.cfg.train.max_steps:
+            return
+        record = self._window.summarize(self.step, self.dist, self.cfg.train.max_steps, self.shape.use_nsp)
+        record.update(phase=metrics["phase"], lr=metrics["lr"], grad_norm=metrics["grad_norm"],
+                      loss_scale=self.scaler.scale, tokens_seen=self.tokens_seen)
+        if self.is_root:
+            self._write_metrics(record)
+            eta = record["eta_s"]
+            print(f"step {self.step}/{self.cfg.train.max_steps} | mlm_loss {record['mlm_loss']:.4f} | "
+                  f"nsp_loss {record['nsp_loss']:.4f} | mlm_acc {record['mlm_acc']:.3f} | lr {record['lr']:.3g} | "
+                  f"grad_norm {record['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s | "
+                  f"{record['sequences_per_s']:,.1f} seq/s | ETA {int(eta) // 3600}:{int(eta) % 3600 // 60:02d}:"
+                  f"{int(eta) % 60:02d}", file=sys.stderr, flush=True)
+        self._window.reset(self.step)
+
+    def _write_metrics(self, record: dict) -> None:
+        line = json.dumps({k: (float(v) if isinstance(v, (np.floating,)) else v) for k, v in record.items()})
+        with open(self.run_dir / METRICS, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        self._tensorboard(record)
+
+    def _tensorboard(self, record: dict) -> None:
+        if not self.cfg.log.tensorboard:
+            return
+        if self._tb is None:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                self.cfg.log.tensorboard = False
+                return
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key not in ("step", "kind"):
+                self._tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        for phase in self.phases:
+            if phase.loader is not None:
+                phase.loader.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class _Window:
+    """Sums over the steps between two log lines."""
+
+    def reset(self, step: int) -> None:
+        self.first_step = step
+        self.started = time.time()
+        self.sums = None
+        self.tokens = 0.0
+        self.sequences = 0
+
+    def add(self, metrics: dict) -> None:
+        sums = metrics["sums"]
+        self.sums = sums if self.sums is None else [a + b for a, b in zip(self.sums, sums)]
+        self.tokens += metrics["tokens"]
+        self.sequences += metrics["sequences"]
+
+    def summarize(self, step: int, dist, max_steps: int, use_nsp: bool) -> dict:
+        local = np.array([float(x.asscalar()) for x in self.sums])  # mlm_sum, mlm_correct, nsp_sum, nsp_correct, masked
+        mlm_sum, mlm_correct, nsp_sum, nsp_correct, masked = dist.allreduce_sum(local, name="log.sums")
+        seconds = max(1e-9, time.time() - self.started)
+        steps = step - self.first_step
+        return {
+            "kind": "train",
+            "step": step,
+            "mlm_loss": mlm_sum / max(1.0, masked),
+            "mlm_acc": mlm_correct / max(1.0, masked),
+            "nsp_loss": nsp_sum / max(1, self.sequences) if use_nsp else 0.0,
+            "nsp_acc": nsp_correct / max(1, self.sequences) if use_nsp else 0.0,
+            "tokens_per_s": self.tokens / seconds,
+            "sequences_per_s": self.sequences / seconds,
+            "step_s": seconds / max(1, steps),
+            "eta_s": seconds / max(1, steps) * (max_steps - step),
+        }
