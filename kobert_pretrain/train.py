@@ -78,7 +78,7 @@ class Trainer:
         self.cfg = cfg
         tc = cfg.train
         problems = [p for name in ("model", "train", "log", "checkpoint") for p in cfg.section(name).validate()]
-        if problems:
+        if not tc.shards or not tc.out:
             raise ConfigError(problems)
         self.dist = distributed.init()
         self.run_dir = Path(tc.out)
@@ -86,41 +86,51 @@ class Trainer:
         world = self.dist.size
 
         # Data: shard sets must agree with each other, with the vocabulary and with the model.
+        # Every problem is collected and reported at once, before any step runs.
+        def open_set(path, what, **expect):
+            try:
+                return ShardSet.open(path, **expect)
+            except UserError as e:
+                problems.append(f"{what}: {e}")
+                return None
+
         self.phases: list[Phase] = []
         first = ShardSet.open(tc.shards)
         vocab_sha = first.index["vocab_sha256"]
         global1 = tc.global_batch_size or tc.micro_batch_size * world
         self.phases.append(Phase(1, first, tc.micro_batch_size, global1, 0))
-        if tc.phase2_shards:
-            second = ShardSet.open(tc.phase2_shards, vocab_sha256=vocab_sha)
+        if tc.phase2_shards and tc.phase2_start_step:
+            second = open_set(tc.phase2_shards, "train.phase2_shards", vocab_sha256=vocab_sha)
             micro2 = tc.phase2_micro_batch_size or tc.micro_batch_size
             global2 = tc.phase2_global_batch_size or (tc.global_batch_size or micro2 * world)
-            self.phases.append(Phase(2, second, micro2, global2, tc.phase2_start_step))
-        self.eval_set = ShardSet.open(tc.eval_shards, vocab_sha256=vocab_sha) if tc.eval_shards else None
+            if second is not None:
+                self.phases.append(Phase(2, second, micro2, global2, tc.phase2_start_step))
+        self.eval_set = open_set(tc.eval_shards, "train.eval_shards", vocab_sha256=vocab_sha) if tc.eval_shards else None
         shape_fields = cfg.model.resolved()
         self.shape = ModelShape(**shape_fields, vocab_size=first.index["vocab_size"], dropout=cfg.model.dropout,
                                 use_nsp=cfg.model.use_nsp)
         for phase in self.phases:
             seq = phase.shard_set.max_seq_length
-            if seq > self.shape.max_length:
+            if self.shape.max_length and seq > self.shape.max_length:
                 problems.append(f"phase {phase.number} shards have max_seq_length {seq} but the model has only "
                                 f"{self.shape.max_length} positions (model.max_length)")
-            if phase.global_batch % (phase.micro * world):
+            if phase.micro > 0 and phase.global_batch % (phase.micro * world):
                 problems.append(f"phase {phase.number}: global batch {phase.global_batch} is not divisible by "
                                 f"micro batch {phase.micro} x {world} rank(s)")
             if phase.shard_set.num_instances < phase.global_batch:
                 problems.append(f"phase {phase.number}: {phase.shard_set.num_instances} instances, fewer than "
                                 f"one global batch of {phase.global_batch}")
-        if self.eval_set is not None and self.eval_set.max_seq_length > self.shape.max_length:
+        if self.eval_set is not None and self.shape.max_length \
+                and self.eval_set.max_seq_length > self.shape.max_length:
             problems.append(f"eval shards have max_seq_length {self.eval_set.max_seq_length} > model.max_length")
         vocab_dir = tc.vocab or first.index["config"].get("vocab", "")
+        vocab = None
         try:
             vocab = Vocab.load(vocab_dir)
             if vocab.sha256 != vocab_sha:
                 problems.append(f"vocabulary {vocab_dir} is not the one the shards were built with (sha256 differs)")
         except UserError as e:
             problems.append(f"{e} (set --train.vocab)")
-            vocab = None
         if tc.dtype == "float16" and self._device_kind() != "gpu":
             problems.append("train.dtype=float16 needs a GPU (on CPU use float32)")
         if problems:
@@ -255,10 +265,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def run(self) -> None:
+    def run(self, until: int | None = None) -> None:
+        """Train to max_steps, or stop (with a checkpoint) after step `until`; the schedule still
+        targets max_steps, so a later resume continues the same run."""
         tc = self.cfg.train
+        stop = min(tc.max_steps, until if until is not None else tc.max_steps)
         self._log_start()
-        while self.step < tc.max_steps:
+        while self.step < stop:
             metrics = self.train_step()
             self.step += 1
             self._log_step(metrics)
@@ -266,7 +279,7 @@ class Trainer:
                 self.evaluate()
             if self._checkpoint_due():
                 self.save()
-        if self.eval_set is not None and not self._eval_due():
+        if self.step == tc.max_steps and self.eval_set is not None and not self._eval_due():
             self.evaluate()
         if self._last_saved_step != self.step:
             self.save()

@@ -83,3 +83,26 @@ def debug_shards(tmp_path_factory, demo_corpus, debug_vocab) -> Path:
 def tree_bytes(path: Path) -> dict[str, bytes]:
     """Every file under `path` by relative name, for byte-identity checks."""
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def train_config(shards, out, *overrides: str):
+    from kobert_pretrain.config import load_config
+
+    return load_config(ROOT / "configs" / "debug.toml", [f"--train.shards={shards}", f"--train.out={out}", *overrides])
+
+
+def read_metrics(run_dir: Path, kind: str = "train") -> list[dict]:
+    import json
+
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("kind") == kind]
+
+
+def final_params(run_dir: Path) -> dict:
+    """Parameters of the newest checkpoint, as numpy arrays by name."""
+    import mxnet as mx
+
+    from kobert_pretrain.checkpoint import CheckpointManager
+
+    ckpt = CheckpointManager(run_dir).latest()
+    return {k: v.asnumpy() for k, v in mx.nd.load(str(ckpt.path / "model.params")).items()}
