@@ -284,8 +284,11 @@ class TrainConfig:
             problems.append(f"train.end_lr={self.end_lr}: must be in [0, lr]")
         if self.clip_grad_norm < 0 or self.weight_decay < 0 or self.loss_scale <= 0:
             problems.append("train: clip_grad_norm and weight_decay must be >= 0, loss_scale > 0")
-        if bool(self.phase2_shards) != bool(self.phase2_start_step):
-            problems.append("train: phase2_shards and phase2_start_step go together (give both or neither)")
+        if self.phase2_shards and not self.phase2_start_step:
+            problems.append("train.phase2_shards is set but phase2_start_step is 0: say when phase 2 begins")
+        elif self.phase2_start_step and not self.phase2_shards:
+            problems.append(f"train.phase2_start_step={self.phase2_start_step} needs --train.phase2_shards=DIR "
+                            "(the seq-512 shard set)")
         elif self.phase2_start_step and not 0 < self.phase2_start_step < self.max_steps:
             problems.append(f"train.phase2_start_step={self.phase2_start_step}: must be in (0, max_steps)")
         return problems
