@@ -72,6 +72,7 @@ class Phase:
 
 class Trainer:
     def __init__(self, cfg: Config, resume: str = "auto"):
+        distributed.configure_cpu_threads()
         import mxnet as mx
 
         self.mx = mx

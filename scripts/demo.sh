@@ -16,7 +16,7 @@ echo "== corpus: konlpy's constitution and bills, one sentence per line"
 
 echo "== stage 1: SentencePiece vocabulary"
 "$KOBERT" vocab --config "$CONFIG" --input "$DEMO_DIR/corpus.txt" --out "$DEMO_DIR/vocab"
-python_bin=$(dirname "$(command -v "$KOBERT")")/python
+python_bin=$(dirname "$(command -v "$KOBERT")")/python  # the venv's interpreter
 "$python_bin" - "$DEMO_DIR/vocab/spm.model" <<'PY'
 import sys
 import sentencepiece as spm
@@ -30,5 +30,11 @@ echo "== stage 2: masked-LM / next-sentence shards (2 worker processes)"
 "$KOBERT" shards --config "$CONFIG" --input "$DEMO_DIR/corpus.txt" --vocab "$DEMO_DIR/vocab" \
     --out "$DEMO_DIR/shards" --workers 2
 "$KOBERT" inspect "$DEMO_DIR/shards" --num 1
+
+echo "== stage 3: BERT pretraining, 2 Horovod processes (Gloo), debug model"
+bin_dir=$(dirname "$(command -v "$KOBERT")")
+"$bin_dir/horovodrun" -np 2 -H localhost:2 --gloo "$KOBERT" train --config "$CONFIG" \
+    --shards "$DEMO_DIR/shards" --out "$DEMO_DIR/run" --max-steps 40 --train.lr=1e-2 \
+    2>&1 | sed -n 's/^\[0\]<stderr>://p'
 
 echo "== done: outputs under $DEMO_DIR"
