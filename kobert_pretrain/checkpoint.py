@@ -47,11 +47,19 @@ class Checkpoint:
 
 
 class CheckpointManager:
-    def __init__(self, run_dir: str | Path, keep_last: int = 3, is_writer: bool = True):
+    def __init__(self, run_dir: str | Path, keep_last: int = 3, keep_every: int = 0, is_writer: bool = True):
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / CHECKPOINTS
         self.keep_last = keep_last
+        self.keep_every = keep_every
         self.is_writer = is_writer
+
+    def remove_partial(self) -> None:
+        """Delete temporary directories left by a save that was killed (they were never checkpoints)."""
+        if self.is_writer and self.dir.is_dir():
+            for p in self.dir.iterdir():
+                if ".tmp-" in p.name:
+                    shutil.rmtree(p, ignore_errors=True)
 
     # ------------------------------------------------------------------ save
 
@@ -96,8 +104,11 @@ class CheckpointManager:
         return final
 
     def _apply_retention(self) -> None:
-        complete = [c for c in self._candidates() if (c / META).is_file()]
-        for old in complete[self.keep_last:]:
+        """Keep the newest `keep_last` (the one just written among them) and every milestone."""
+        for old in self._candidates()[self.keep_last:]:
+            step = int(_NAME.match(old.name).group(1))
+            if self.keep_every and step % self.keep_every == 0:
+                continue
             shutil.rmtree(old, ignore_errors=True)
 
     # ------------------------------------------------------------------ load

@@ -65,10 +65,15 @@ def _run_inspect(args: argparse.Namespace, cfg) -> None:
     print(to_json(report) if args.json else format_report(report))
 
 
-def _run_train(args: argparse.Namespace, cfg) -> None:
-    from kobert_pretrain.train import train
+def _run_train(args: argparse.Namespace, cfg) -> int:
+    from kobert_pretrain.train import EXIT_PREEMPTED, Preempted, train
 
-    train(cfg, resume=args.resume)
+    try:
+        train(cfg, resume=args.resume)
+    except Preempted as e:
+        print(f"kobert-pretrain: stopped by {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    return 0
 
 
 def _run_demo_corpus(args: argparse.Namespace, cfg) -> None:
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     flags = {k: v for k, v in vars(args).items() if "." in k}
     try:
         cfg = load_config(args.__dict__.get("config"), overrides, validate=sections, flags=flags) if sections else None
-        run(args, cfg)
+        code = run(args, cfg)
     except UserError as e:
         print(f"kobert-pretrain: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -170,4 +175,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kobert-pretrain: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0

@@ -309,15 +309,21 @@ class LogConfig:
 class CheckpointConfig:
     """Checkpoints of `kobert-pretrain train` (RUN_DIR/checkpoints/step-00001000/)."""
 
-    interval: int = opt(1000, "steps between checkpoints; 0 = only at the end")
+    interval: int = opt(1000, "steps between checkpoints; 0 = only at the end (and on signals)")
+    minutes: float = opt(30.0, "also save when this many minutes passed since the last save; 0 = off")
     keep_last: int = opt(3, "newest checkpoints kept; older ones are deleted once a newer one is complete")
+    keep_every: int = opt(0, "also keep every checkpoint whose step is a multiple of this (milestones); 0 = none")
 
     def validate(self) -> list[str]:
         problems = []
         if self.interval < 0:
             problems.append(f"checkpoint.interval={self.interval}: must be >= 0")
+        if self.minutes < 0:
+            problems.append(f"checkpoint.minutes={self.minutes}: must be >= 0")
         if self.keep_last < 1:
             problems.append(f"checkpoint.keep_last={self.keep_last}: must be >= 1")
+        if self.keep_every < 0:
+            problems.append(f"checkpoint.keep_every={self.keep_every}: must be >= 0")
         return problems
 
 

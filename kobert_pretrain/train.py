@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -38,6 +39,16 @@ from kobert_pretrain.shards import ShardSet
 from kobert_pretrain.vocab import Vocab
 
 METRICS = "metrics.jsonl"
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving a checkpoint; resume later
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """Raised after the checkpoint that a SIGTERM or SIGUSR1 asked for has been written."""
+
+    def __init__(self, signal_name: str, step: int, path):
+        self.signal_name, self.step, self.path = signal_name, step, path
+        super().__init__(f"{signal_name}: checkpoint of step {step} written; resume with --resume auto")
 
 
 def train(cfg: Config, resume: str = "auto") -> Path:
@@ -143,13 +154,16 @@ class Trainer:
 
         self.ctx = mx.gpu(self.dist.local_rank) if self._device_kind() == "gpu" else mx.cpu()
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=cfg.checkpoint.keep_last,
-                                             is_writer=self.is_root)
+                                             keep_every=cfg.checkpoint.keep_every, is_writer=self.is_root)
+        self.checkpoints.remove_partial()
         self.step = 0
         self.tokens_seen = 0
         self.sequences_seen = 0
         self.scaler = LossScaler(tc.loss_scale if tc.dtype == "float16" else 1.0, tc.loss_scale_window)
         self._pending_data_state = None
         self._last_saved_step = -1
+        self._last_save_time = time.time()
+        self._preempt_signal: str | None = None
         self._build_model()
         self.resumed_from = self._resume(resume)
         self._window = _Window()
@@ -208,6 +222,8 @@ class Trainer:
     def _resume(self, resume: str):
         ckpt = self.checkpoints.resolve(resume)
         if ckpt is None:
+            if self.is_root:
+                self._truncate_metrics(0)  # a run killed before its first checkpoint starts over
             return None
         state = ckpt.state()
         problems = []
@@ -236,8 +252,14 @@ class Trainer:
         path = self.run_dir / METRICS
         if not path.exists():
             return
-        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short when the previous run was killed
+            if record.get("step", 0) <= step:
+                keep.append(line)
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
     def _phase_for(self, step: int) -> Phase:
@@ -272,14 +294,18 @@ class Trainer:
         tc = self.cfg.train
         stop = min(tc.max_steps, until if until is not None else tc.max_steps)
         self._log_start()
-        while self.step < stop:
-            metrics = self.train_step()
-            self.step += 1
-            self._log_step(metrics)
-            if self._eval_due():
-                self.evaluate()
-            if self._checkpoint_due():
-                self.save()
+        with self._preemption_signals():
+            while self.step < stop:
+                metrics = self.train_step()
+                self.step += 1
+                self._log_step(metrics)
+                if self._eval_due():
+                    self.evaluate()
+                preempt, save_now = self._agree_on_stop_and_save()
+                if preempt or save_now:
+                    path = self.save()
+                    if preempt:
+                        raise Preempted(self._preempt_signal or "a signal on another rank", self.step, path)
         if self.step == tc.max_steps and self.eval_set is not None and not self._eval_due():
             self.evaluate()
         if self._last_saved_step != self.step:
@@ -392,9 +418,40 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _checkpoint_due(self) -> bool:
-        interval = self.cfg.checkpoint.interval
-        return interval > 0 and self.step % interval == 0
+    def _agree_on_stop_and_save(self) -> tuple[bool, bool]:
+        """All ranks agree (one tiny allreduce per step) whether to stop for a signal and whether to save.
+
+        A signal may reach only some ranks (or one host); the save-by-time clock is rank 0's.
+        """
+        ck = self.cfg.checkpoint
+        by_steps = ck.interval > 0 and self.step % ck.interval == 0
+        by_time = self.is_root and ck.minutes > 0 and time.time() - self._last_save_time >= ck.minutes * 60
+        flags = self.dist.allreduce_sum(np.array([float(self._preempt_signal is not None), float(by_time)]),
+                                        name="step.flags")
+        preempt = bool(flags[0] > 0)
+        return preempt, preempt or by_steps or bool(flags[1] > 0)
+
+    class _Signals:
+        def __init__(self, trainer):
+            self.trainer = trainer
+            self.previous = {}
+
+        def __enter__(self):
+            def handler(signum, frame):
+                self.trainer._preempt_signal = signal.Signals(signum).name
+                print(f"train: {signal.Signals(signum).name} received: saving a checkpoint at the next step "
+                      "boundary, then exiting", file=sys.stderr, flush=True)
+
+            for sig in PREEMPT_SIGNALS:
+                self.previous[sig] = signal.signal(sig, handler)
+            return self
+
+        def __exit__(self, *exc):
+            for sig, previous in self.previous.items():
+                signal.signal(sig, previous)
+
+    def _preemption_signals(self):
+        return Trainer._Signals(self)
 
     def state_dict(self) -> dict:
         # The data cursor of the phase the next step reads from (none yet if that phase has not started).
@@ -427,6 +484,7 @@ class Trainer:
         path = self.checkpoints.save(self.step, write_files, state)
         self.dist.barrier("checkpoint.saved")
         self._last_saved_step = self.step
+        self._last_save_time = time.time()
         if path is not None:
             print(f"checkpoint: {path}", file=sys.stderr, flush=True)
         return path
