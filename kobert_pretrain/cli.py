@@ -76,6 +76,18 @@ def _run_train(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
+def _run_launch(args: argparse.Namespace, cfg) -> int:
+    from kobert_pretrain.launch import LaunchConfig, launch, parse_hostfile, parse_hosts
+
+    if bool(args.hostfile) == bool(args.hosts):
+        raise UserError("give the hosts with exactly one of --hostfile FILE or -H host:slots,...")
+    hosts = parse_hostfile(args.hostfile) if args.hostfile else parse_hosts(args.hosts)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    return launch(LaunchConfig(num_proc=args.np, hosts=hosts, command=command, max_restarts=args.max_restarts,
+                               backoff_s=args.backoff, gloo_timeout_s=args.gloo_timeout,
+                               stall_shutdown_s=args.stall_timeout))
+
+
 def _run_demo_corpus(args: argparse.Namespace, cfg) -> None:
     from kobert_pretrain.demo import write_demo_corpus
 
@@ -133,6 +145,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): newest complete checkpoint in RUN_DIR, or a fresh start; "
                         "none: refuse to run over an existing run; PATH: exactly that checkpoint")
     p.set_defaults(run=_run_train)
+
+    p = sub.add_parser("launch", help="run `train` under horovodrun and restart it from checkpoints when it dies",
+                       allow_abbrev=False, description="kobert-pretrain launch -np N (-H host:slots,... | "
+                       "--hostfile FILE) [--max-restarts K] -- train ARGS")
+    p.add_argument("-np", type=int, required=True, metavar="N", help="number of ranks")
+    p.add_argument("-H", "--hosts", metavar="HOST:SLOTS,...", help="hosts, as for horovodrun")
+    p.add_argument("--hostfile", metavar="FILE", help="'host slots=N' lines; comments and blank lines allowed")
+    p.add_argument("--max-restarts", type=int, default=3, metavar="K", help="restarts after failures (3)")
+    p.add_argument("--backoff", type=float, default=10.0, metavar="S",
+                   help="seconds before the first restart, doubling each time up to 600 (10)")
+    p.add_argument("--gloo-timeout", type=int, default=120, metavar="S", help="Gloo operation timeout (120)")
+    p.add_argument("--stall-timeout", type=int, default=600, metavar="S",
+                   help="Horovod stall check: shut the job down after S seconds without progress (600)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- train ARGS")
+    p.set_defaults(run=_run_launch, sections=())
 
     p = sub.add_parser("inspect", help="print a shard set's totals and a few decoded instances",
                        allow_abbrev=False)

@@ -1,0 +1,251 @@
+"""`kobert-pretrain launch`: run a training job under horovodrun and restart it when it dies.
+
+Horovod has no elastic mode for MXNet, so fault tolerance is checkpoint +
+restart: when the job ends with a failure (a rank crashed or was killed, a node
+vanished, a hang turned into an error by Horovod's stall check or the Gloo
+timeout), the supervisor waits (exponential back-off) and launches it again
+with `--resume auto`, up to `--max-restarts` times, logging each restart and
+its cause. A job that finishes, that was pre-empted (SIGTERM/SIGUSR1: the
+ranks save a checkpoint and exit with status 75), or that failed on a user
+error (status 2: restarting would not help) is not restarted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kobert_pretrain.errors import UserError
+
+EXIT_PREEMPTED = 75
+EXIT_USER_ERROR = 2
+_FIRST_FAILURE = re.compile(r"Process name: (\S+)\s+Exit code: (-?\d+)")
+
+
+# ---------------------------------------------------------------------------------- hostfiles
+
+
+def parse_hostfile(path: str | Path) -> list[tuple[str, int]]:
+    """Read a hostfile: `host slots=N` (Horovod's form), `host:N` or `host`, with # comments and blank lines.
+
+    Horovod's own parser rejects comments and blank lines; we accept them and hand Horovod a clean file.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"hostfile not found: {path}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"hostfile {path} is not UTF-8 text") from None
+    hosts = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = (re.fullmatch(r"(\S+)\s+slots\s*=\s*(\d+)", line) or re.fullmatch(r"([^\s:]+):(\d+)", line)
+                 or re.fullmatch(r"([^\s:=]+)", line))
+        if match is None:
+            raise UserError(f"hostfile {path} line {number}: cannot read {raw.strip()!r}; write 'HOST slots=N'")
+        host = match.group(1)
+        slots = int(match.group(2)) if match.lastindex and match.lastindex >= 2 else 1
+        if slots < 1:
+            raise UserError(f"hostfile {path} line {number}: slots must be >= 1 in {raw.strip()!r}")
+        hosts.append((host, slots))
+    if not hosts:
+        raise UserError(f"hostfile {path} names no hosts")
+    return hosts
+
+
+def parse_hosts(spec: str) -> list[tuple[str, int]]:
+    """`-H node1:8,node2:8` -> [(node1, 8), (node2, 8)]."""
+    hosts = []
+    for item in spec.split(","):
+        item = item.strip()
+        match = re.fullmatch(r"([^\s:]+)(?::(\d+))?", item)
+        if not item or match is None or (match.group(2) is not None and int(match.group(2)) < 1):
+            raise UserError(f"-H {spec!r}: cannot read {item!r}; write HOST:SLOTS,HOST:SLOTS")
+        hosts.append((match.group(1), int(match.group(2) or 1)))
+    return hosts
+
+
+def clean_hostfile(hosts: list[tuple[str, int]]) -> str:
+    return "".join(f"{host} slots={slots}\n" for host, slots in hosts)
+
+
+# ---------------------------------------------------------------------------------- supervisor
+
+
+@dataclass
+class LaunchConfig:
+    num_proc: int
+    hosts: list[tuple[str, int]]
+    command: list[str]  # the kobert-pretrain subcommand and its arguments, e.g. ["train", "--config", ...]
+    max_restarts: int = 3
+    backoff_s: float = 10.0
+    max_backoff_s: float = 600.0
+    gloo_timeout_s: int = 120
+    stall_shutdown_s: int = 600
+    horovodrun_args: list[str] = field(default_factory=list)
+
+
+def horovodrun_command(cfg: LaunchConfig, hostfile: Path, resume_auto: bool) -> list[str]:
+    horovodrun = Path(sys.executable).with_name("horovodrun")
+    command = list(cfg.command)
+    if resume_auto:
+        command = _with_resume_auto(command)
+    return [str(horovodrun) if horovodrun.exists() else "horovodrun", "-np", str(cfg.num_proc),
+            "--hostfile", str(hostfile), "--gloo", "--gloo-timeout-seconds", str(cfg.gloo_timeout_s),
+            "--stall-check-shutdown-time-seconds", str(cfg.stall_shutdown_s), *cfg.horovodrun_args,
+            sys.executable, "-m", "kobert_pretrain", *command]
+
+
+def _with_resume_auto(command: list[str]) -> list[str]:
+    out, skip = [], False
+    for i, arg in enumerate(command):
+        if skip:
+            skip = False
+            continue
+        if arg == "--resume":
+            skip = True
+            continue
+        if arg.startswith("--resume="):
+            continue
+        out.append(arg)
+    return out + ["--resume", "auto"]
+
+
+class Supervisor:
+    def __init__(self, cfg: LaunchConfig):
+        if not cfg.command or cfg.command[0] != "train":
+            raise UserError("launch runs a training job: kobert-pretrain launch -np N -H ... -- train ARGS")
+        if cfg.num_proc < 1 or cfg.num_proc > sum(s for _, s in cfg.hosts):
+            raise UserError(f"-np {cfg.num_proc} does not fit the {sum(s for _, s in cfg.hosts)} slot(s) of the hosts")
+        self.cfg = cfg
+        self.proc: subprocess.Popen | None = None
+        self.preempted_by: str | None = None
+
+    def log(self, message: str) -> None:
+        print(f"launch: {message}", file=sys.stderr, flush=True)
+
+    def run(self) -> int:
+        with tempfile.TemporaryDirectory(prefix="kobert-launch-") as tmp:
+            hostfile = Path(tmp) / "hostfile"
+            hostfile.write_text(clean_hostfile(self.cfg.hosts))
+            previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+            try:
+                return self._loop(hostfile)
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+
+    def _loop(self, hostfile: Path) -> int:
+        attempt = 0
+        while True:
+            command = horovodrun_command(self.cfg, hostfile, resume_auto=attempt > 0)
+            self.log(f"attempt {attempt + 1}: {' '.join(command)}")
+            started = time.time()
+            code, failure, rank_preempted = self._run_once(command)
+            seconds = time.time() - started
+            if code == 0:
+                self.log(f"job finished after {seconds:.1f}s")
+                return 0
+            if self.preempted_by or rank_preempted:
+                who = self.preempted_by or "a signal to a rank"
+                self.log(f"pre-empted by {who}: the ranks saved a checkpoint; not restarting "
+                         "(run the same command again to resume)")
+                return EXIT_PREEMPTED
+            if failure and failure[1] == EXIT_USER_ERROR or code == EXIT_USER_ERROR:
+                self.log("the job failed on a user error (status 2, see above); restarting would not help")
+                return EXIT_USER_ERROR
+            cause = _describe(code, failure)
+            if attempt >= self.cfg.max_restarts:
+                self.log(f"job failed after {seconds:.1f}s ({cause}); no restarts left ({self.cfg.max_restarts} used)")
+                return code or 1
+            attempt += 1
+            delay = min(self.cfg.max_backoff_s, self.cfg.backoff_s * 2 ** (attempt - 1))
+            self.log(f"job failed after {seconds:.1f}s ({cause}); restart {attempt}/{self.cfg.max_restarts} "
+                     f"in {delay:.0f}s with --resume auto")
+            deadline = time.time() + delay
+            while time.time() < deadline and not self.preempted_by:
+                time.sleep(min(0.5, max(0.0, deadline - time.time())))
+            if self.preempted_by:
+                self.log(f"{self.preempted_by} while waiting to restart: not restarting")
+                return EXIT_PREEMPTED
+
+    def _run_once(self, command: list[str]) -> tuple[int, tuple[str, int] | None, bool]:
+        """Run horovodrun, echoing its output; return (status, first failed rank and code, rank pre-empted)."""
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     errors="replace", bufsize=1)
+        tail: list[str] = []
+        for line in self.proc.stdout:
+            sys.stderr.write(line)
+            tail.append(line)
+            del tail[:-200]
+        code = self.proc.wait()
+        self.proc = None
+        text = "".join(tail)
+        match = _FIRST_FAILURE.search(text)
+        failure = (match.group(1), int(match.group(2))) if match else None
+        rank_preempted = failure is not None and failure[1] == EXIT_PREEMPTED
+        return code, failure, rank_preempted
+
+    def _on_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        self.preempted_by = name
+        self.log(f"{name} received: asking the ranks to checkpoint and stop")
+        proc = self.proc
+        if proc is not None:
+            threading.Thread(target=_signal_ranks, args=(proc.pid,), daemon=True).start()
+
+
+def _signal_ranks(horovodrun_pid: int) -> None:
+    """SIGTERM to the local training ranks (the ranks agree on it, so remote ones stop too)."""
+    import psutil
+
+    try:
+        children = psutil.Process(horovodrun_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for child in children:
+        try:
+            cmdline = child.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if is_rank_process(cmdline):
+            try:
+                child.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+
+
+def is_rank_process(cmdline: list[str]) -> bool:
+    """A training rank as this supervisor starts it: `python -m kobert_pretrain train ...`."""
+    return cmdline[1:4] == ["-m", "kobert_pretrain", "train"]
+
+
+def _describe(code: int, failure: tuple[str, int] | None) -> str:
+    if failure is None:
+        return f"horovodrun exited with status {code}"
+    rank, status = failure
+    if status > 128:
+        try:
+            what = f"killed by {signal.Signals(status - 128).name}"
+        except ValueError:
+            what = f"status {status}"
+    elif status < 0:
+        what = f"killed by {signal.Signals(-status).name}"
+    else:
+        what = f"status {status}"
+    return f"rank {rank} exited first, {what}"
+
+
+def launch(cfg: LaunchConfig) -> int:
+    return Supervisor(cfg).run()
