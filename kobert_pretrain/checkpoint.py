@@ -2,7 +2,7 @@
 
     RUN_DIR/checkpoints/step-00001000/
         model.params      parameters (mx.nd.save format, by parameter name)
-        trainer.states    optimizer states, including its update counts
+        optimizer.states  optimizer moments (mx.nd.save format) and optimizer.json (layout, update counts)
         state.json        step, phase, tokens seen, loss scaler, data cursor, RNG note, hashes
         meta.json         sha256 of every file above; written last
 
@@ -162,3 +162,40 @@ class CheckpointManager:
         if ckpt is None:
             raise UserError(f"--resume {resume}: not a complete checkpoint (missing or corrupt meta.json/files)")
         return ckpt
+
+
+def find_checkpoint(source: str | Path) -> Checkpoint:
+    """A checkpoint directory, or the newest intact checkpoint of a run directory."""
+    source = Path(source)
+    manager = CheckpointManager(source.parent.parent if source.parent.name == CHECKPOINTS else source)
+    if (source / META).exists() or source.parent.name == CHECKPOINTS:
+        ckpt = manager.verify(source)
+        if ckpt is None:
+            raise UserError(f"{source} is not a complete checkpoint (missing or corrupt meta.json/files)")
+        return ckpt
+    if not source.is_dir():
+        raise UserError(f"not found: {source}")
+    ckpt = manager.latest(report=True)
+    if ckpt is None:
+        raise UserError(f"{source} holds no complete checkpoint (expected {source / CHECKPOINTS}/step-XXXXXXXX/)")
+    return ckpt
+
+
+def export_params(source: str | Path, out: str | Path) -> Path:
+    """Write a checkpoint's parameters as a plain Gluon `.params` file (plus a `.json` describing the model).
+
+    `BERTModel.load_parameters(out)` on a model of the recorded shape loads it; no trainer needed.
+    """
+    from kobert_pretrain.fsutil import atomic_write_bytes, atomic_write_json
+
+    ckpt = find_checkpoint(source)
+    out = Path(out)
+    if out.exists():
+        raise UserError(f"{out} exists; export never overwrites: choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = ckpt.state()
+    atomic_write_bytes(out, (ckpt.path / "model.params").read_bytes())
+    atomic_write_json(out.with_suffix(".json"), {"model_shape": state["model_shape"], "step": state["step"],
+                                                 "vocab_sha256": state["vocab_sha256"],
+                                                 "tokens_seen": state["tokens_seen"], "checkpoint": str(ckpt.path)})
+    return out

@@ -88,6 +88,12 @@ def _run_launch(args: argparse.Namespace, cfg) -> int:
                                stall_shutdown_s=args.stall_timeout))
 
 
+def _run_export(args: argparse.Namespace, cfg) -> None:
+    from kobert_pretrain.checkpoint import export_params
+
+    print(export_params(args.source, args.out))
+
+
 def _run_demo_corpus(args: argparse.Namespace, cfg) -> None:
     from kobert_pretrain.demo import write_demo_corpus
 
@@ -160,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Horovod stall check: shut the job down after S seconds without progress (600)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- train ARGS")
     p.set_defaults(run=_run_launch, sections=())
+
+    p = sub.add_parser("export", help="write a checkpoint's parameters as a plain Gluon .params file",
+                       allow_abbrev=False)
+    p.add_argument("source", metavar="CHECKPOINT_OR_RUN_DIR", help="a checkpoint, or a run (its newest checkpoint)")
+    p.add_argument("--out", "-o", required=True, metavar="FILE.params")
+    p.set_defaults(run=_run_export, sections=())
 
     p = sub.add_parser("inspect", help="print a shard set's totals and a few decoded instances",
                        allow_abbrev=False)

@@ -186,3 +186,26 @@ def test_corrupt_newest_checkpoint_resumes_from_previous(tmp_path, debug_shards,
     assert code == 0, err
     assert "falling back to the previous one" in err and f"resumed from {checkpoints[-2]}" in err
     assert_same_run(uninterrupted, run)
+
+
+def test_export_params_loads_into_a_plain_model(tmp_path, uninterrupted):
+    import json
+
+    import mxnet as mx
+
+    from kobert_pretrain.model import ModelShape, build_model
+
+    from conftest import run_cli
+
+    out = tmp_path / "bert.params"
+    result = run_cli("export", uninterrupted, "--out", out)
+    assert result.returncode == 0, result.stderr
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["step"] == 40
+    net = build_model(ModelShape(**meta["model_shape"]))
+    net.load_parameters(str(out), ctx=mx.cpu())
+    expected = final_params(uninterrupted)
+    loaded = net._collect_params_with_prefix()  # structural names, as save_parameters writes them
+    assert all(np.array_equal(loaded[k].data().asnumpy(), expected[k]) for k in expected)
+    again = run_cli("export", uninterrupted, "--out", out)
+    assert again.returncode == 2 and "never overwrites" in again.stderr
