@@ -31,10 +31,24 @@ echo "== stage 2: masked-LM / next-sentence shards (2 worker processes)"
     --out "$DEMO_DIR/shards" --workers 2
 "$KOBERT" inspect "$DEMO_DIR/shards" --num 1
 
-echo "== stage 3: BERT pretraining, 2 Horovod processes (Gloo), debug model"
-bin_dir=$(dirname "$(command -v "$KOBERT")")
-"$bin_dir/horovodrun" -np 2 -H localhost:2 --gloo "$KOBERT" train --config "$CONFIG" \
-    --shards "$DEMO_DIR/shards" --out "$DEMO_DIR/run" --max-steps 40 --train.lr=1e-2 \
-    2>&1 | sed -n 's/^\[0\]<stderr>://p'
+echo "== stage 3: BERT pretraining, 2 Horovod processes (Gloo), debug model, under the restarting supervisor"
+TRAIN_ARGS=(train --config "$CONFIG" --shards "$DEMO_DIR/shards" --out "$DEMO_DIR/run" --max-steps 60
+            --train.lr=1e-2 --checkpoint.interval=10)
+"$KOBERT" launch -np 2 -H localhost:2 --backoff 1 -- "${TRAIN_ARGS[@]}" > "$DEMO_DIR/launch.log" 2>&1 &
+launcher=$!
+# Kill one rank with SIGKILL once step 25 is logged: the supervisor restarts the job from its last checkpoint.
+logged() { grep -c '"kind": "train"' "$DEMO_DIR/run/metrics.jsonl" 2>/dev/null || echo 0; }
+until [ "$(logged)" -ge 5 ]; do
+    kill -0 "$launcher" 2>/dev/null || break
+    sleep 0.5
+done
+victim=$(pgrep -f -- "-m kobert_pretrain train --config $CONFIG --shards $DEMO_DIR/shards" | tail -1 || true)
+if [ -n "$victim" ]; then
+    echo "   killing rank process $victim with SIGKILL"
+    kill -9 "$victim"
+fi
+wait "$launcher"
+grep -E '^launch: (job|attempt [0-9]+:)' "$DEMO_DIR/launch.log" | cut -c1-120
+sed -n 's/^\[0\]<stderr>://p' "$DEMO_DIR/launch.log" | grep -E '^(train:|step (20|30|60)/|checkpoint: .*(20|30|60)$)'
 
 echo "== done: outputs under $DEMO_DIR"
