@@ -146,3 +146,10 @@ def test_cli_train_errors_are_one_line(tmp_path, debug_shards):
     result = run_cli("train", "--config", "configs/debug.toml", "--shards", debug_shards, "--out", tmp_path / "r",
                      "--train.micro_batch_size=0", "--log.interval=0")
     assert result.returncode == 2 and "2 problems" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_tensorboard_events_when_tensorboardx_is_installed(tmp_path, debug_shards):
+    pytest.importorskip("tensorboardX")
+    train(train_config(debug_shards, tmp_path / "run", "--train.max_steps=2", "--log.interval=1"))
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100
