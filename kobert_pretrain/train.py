@@ -404,7 +404,8 @@ class Trainer:
     def _losses(self, nd):
         """Summed MLM / NSP cross-entropy and correct counts of one batch."""
         mx = self.mx
-        outputs = self.net(nd["input_ids"], nd["segment_ids"], nd["valid_length"].astype("float32"),
+        # valid_length builds the attention mask, which is added to scores of the compute dtype
+        outputs = self.net(nd["input_ids"], nd["segment_ids"], nd["valid_length"].astype(self.cfg.train.dtype),
                            nd["masked_positions"])
         if self.shape.use_nsp:
             _, _, nsp_logits, mlm_logits = outputs
