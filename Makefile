@@ -24,12 +24,13 @@ help:
 	@echo "make bench     run the benchmarks in benchmarks/"
 	@echo "make clean     remove runs/ and caches (keeps .venv)"
 
-# Python packages, the package itself (editable), and the demo corpus (konlpy's bundled
+# Python packages (the convert extra brings torch, transformers, onnx, onnxruntime), the package itself
+# (editable), and the demo corpus (konlpy's bundled
 # text files; --no-deps because its Java tagger, which needs JPype, is never used).
 $(VENV)/.stamp-python: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install "pip>=23" "setuptools>=61,<70" wheel
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[test,convert]"
 	$(PIP) install --no-deps "konlpy==0.6.0"
 	@touch $@
 

@@ -94,6 +94,12 @@ def _run_export(args: argparse.Namespace, cfg) -> None:
     print(export_params(args.source, args.out))
 
 
+def _run_convert(args: argparse.Namespace, cfg) -> None:
+    from kobert_pretrain.convert import convert
+
+    convert(cfg.convert)
+
+
 def _run_demo_corpus(args: argparse.Namespace, cfg) -> None:
     from kobert_pretrain.demo import write_demo_corpus
 
@@ -167,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- train ARGS")
     p.set_defaults(run=_run_launch, sections=())
 
+    p = _add_stage(sub, "convert", "convert a checkpoint to a Hugging Face directory and ONNX (stage 4)",
+                   ("convert",))
+    p.add_argument("source", nargs="?", metavar="CHECKPOINT_OR_RUN_DIR")
+    _flag(p, "--out", "-o", dest="convert.out", metavar="DIR", help="output directory (new or empty)")
+    _flag(p, "--onnx", dest="convert.onnx", action="store_const", const="true", help="also export model.onnx")
+    _flag(p, "--vocab", dest="convert.vocab", metavar="DIR", help="vocabulary (default: the run's)")
+    p.set_defaults(run=_run_convert)
+
     p = sub.add_parser("export", help="write a checkpoint's parameters as a plain Gluon .params file",
                        allow_abbrev=False)
     p.add_argument("source", metavar="CHECKPOINT_OR_RUN_DIR", help="a checkpoint, or a run (its newest checkpoint)")
@@ -198,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     run: Callable = args.run
     sections: tuple[str, ...] = args.sections
     flags = {k: v for k, v in vars(args).items() if "." in k}
+    if args.command == "convert" and args.source:
+        flags["convert.source"] = args.source
     try:
         cfg = load_config(args.__dict__.get("config"), overrides, validate=sections, flags=flags) if sections else None
         code = run(args, cfg)

@@ -327,6 +327,34 @@ class CheckpointConfig:
         return problems
 
 
+@dataclass
+class ConvertConfig:
+    """Stage 4, `kobert-pretrain convert`: a checkpoint to a Hugging Face directory (and ONNX)."""
+
+    source: str = opt("", "checkpoint directory, or a run directory (its newest intact checkpoint)")
+    out: str = opt("", "output directory; must be new or empty")
+    vocab: str = opt("", "vocabulary directory; empty = the one recorded with the run's shards")
+    onnx: bool = opt(False, "also export model.onnx and check it with onnxruntime")
+    opset: int = opt(17, "ONNX opset version")
+    parity_batches: int = opt(3, "random padded batches compared between MXNet, PyTorch and ONNX")
+    tolerance: float = opt(1e-4, "largest allowed absolute difference (float32) in any compared output")
+    seed: int = opt(0, "seed of the parity batches")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.source:
+            problems.append("convert.source: give a checkpoint or run directory")
+        if not self.out:
+            problems.append("convert.out: give an output directory with --out")
+        if self.parity_batches < 1:
+            problems.append(f"convert.parity_batches={self.parity_batches}: must be >= 1")
+        if self.tolerance <= 0:
+            problems.append(f"convert.tolerance={self.tolerance}: must be > 0")
+        if not 11 <= self.opset <= 21:
+            problems.append(f"convert.opset={self.opset}: must be in [11, 21]")
+        return problems
+
+
 # Sections of a config file, in pipeline order.
 SECTIONS: dict[str, type] = {
     "vocab": VocabConfig,
@@ -335,6 +363,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "log": LogConfig,
     "checkpoint": CheckpointConfig,
+    "convert": ConvertConfig,
 }
 
 
@@ -348,6 +377,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
 
     def section(self, name: str) -> Any:
         return getattr(self, name)

@@ -50,8 +50,11 @@ class ModelShape:
         return 6.0 * (per_token * seq_len + mlm) + 3.0 * 2 * attention
 
 
-def build_model(shape: ModelShape):
-    """A GluonNLP BERTModel (not initialised) with MLM decoder and, if enabled, NSP classifier."""
+def build_model(shape: ModelShape, all_encodings: bool = False):
+    """A GluonNLP BERTModel (not initialised) with MLM decoder and, if enabled, NSP classifier.
+
+    all_encodings=True makes the model return every layer's output (for conversion parity checks).
+    """
     from gluonnlp.model.bert import BERTEncoder, BERTModel
 
     encoder = BERTEncoder(
@@ -62,7 +65,7 @@ def build_model(shape: ModelShape):
         num_heads=shape.num_heads,
         dropout=shape.dropout,
         output_attention=False,
-        output_all_encodings=False,
+        output_all_encodings=all_encodings,
         activation="gelu",
         layer_norm_eps=1e-12,
     )
