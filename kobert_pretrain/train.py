@@ -593,11 +593,19 @@ class Trainer:
         if not self.cfg.log.tensorboard:
             return
         if self._tb is None:
+            # tensorboardX imports torch when it can, and torch beside Horovod's MXNet library in one
+            # process segfaults (seen under horovodrun). Scalars need no torch: hide it for the import.
+            hide_torch = "torch" not in sys.modules
+            if hide_torch:
+                sys.modules["torch"] = None
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:
                 self.cfg.log.tensorboard = False
                 return
+            finally:
+                if hide_torch:
+                    del sys.modules["torch"]
             self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
         for key, value in record.items():
             if isinstance(value, (int, float)) and key not in ("step", "kind"):

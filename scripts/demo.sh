@@ -37,7 +37,11 @@ TRAIN_ARGS=(train --config "$CONFIG" --shards "$DEMO_DIR/shards" --out "$DEMO_DI
 "$KOBERT" launch -np 2 -H localhost:2 --backoff 1 -- "${TRAIN_ARGS[@]}" > "$DEMO_DIR/launch.log" 2>&1 &
 launcher=$!
 # Kill one rank with SIGKILL once step 25 is logged: the supervisor restarts the job from its last checkpoint.
-logged() { grep -c '"kind": "train"' "$DEMO_DIR/run/metrics.jsonl" 2>/dev/null || echo 0; }
+logged() {
+    local n
+    n=$(grep -c '"kind": "train"' "$DEMO_DIR/run/metrics.jsonl" 2>/dev/null || true)
+    echo "${n:-0}"
+}
 until [ "$(logged)" -ge 5 ]; do
     kill -0 "$launcher" 2>/dev/null || break
     sleep 0.5
@@ -50,5 +54,18 @@ fi
 wait "$launcher"
 grep -E '^launch: (job|attempt [0-9]+:)' "$DEMO_DIR/launch.log" | cut -c1-120
 sed -n 's/^\[0\]<stderr>://p' "$DEMO_DIR/launch.log" | grep -E '^(train:|step (20|30|60)/|checkpoint: .*(20|30|60)$)'
+
+echo "== stage 4: Hugging Face + ONNX release, checked against the MXNet model"
+"$KOBERT" convert "$DEMO_DIR/run" --out "$DEMO_DIR/release" --onnx 2>&1 | grep -E '^(convert|kobert-pretrain)'
+"$python_bin" - "$DEMO_DIR/release" 2>/dev/null <<'PY'
+import sys
+
+from transformers import pipeline
+
+fill = pipeline("fill-mask", model=sys.argv[1])
+text = "대한민국의 주권은 [MASK]에게 있다."
+top = ", ".join(f"{p['token_str']!r} {p['score']:.3f}" for p in fill(text)[:3])
+print(f"   fill-mask: {text} -> {top}")
+PY
 
 echo "== done: outputs under $DEMO_DIR"
