@@ -8,6 +8,7 @@ end as one line on stderr and exit status 2; nothing else is done here.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Callable
@@ -100,6 +101,36 @@ def _run_convert(args: argparse.Namespace, cfg) -> None:
     convert(cfg.convert)
 
 
+def _run_doctor(args: argparse.Namespace, cfg) -> int:
+    from kobert_pretrain import doctor
+    from kobert_pretrain.launch import parse_hostfile, parse_hosts
+
+    checks = dict(run_dir=args.run_dir, shards=args.shards, vocab=args.vocab, min_free_gb=args.min_free_gb,
+                  need_gpu=args.gpu)
+    if args.local or not (args.hostfile or args.hosts):
+        reports = [doctor.local_report(**checks)]
+        if args.json:
+            print(doctor.MARKER + json.dumps(reports[0]), flush=True)
+            return 0
+    else:
+        hosts = parse_hostfile(args.hostfile) if args.hostfile else parse_hosts(args.hosts)
+        forwarded = [f"--{k.replace('_', '-')}={v}" for k, v in checks.items() if v not in (None, False)]
+        forwarded = [a if not a.startswith("--need-gpu") else "--gpu" for a in forwarded]
+        reports = doctor.remote_reports(hosts, forwarded)
+        doctor.compare_hosts(reports)
+    print(doctor.table(reports))
+    return 1 if any(r["problems"] for r in reports) else 0
+
+
+def _run_hostfile(args: argparse.Namespace, cfg) -> None:
+    from kobert_pretrain.launch import clean_hostfile, parse_hostfile
+
+    hosts = parse_hostfile(args.file)
+    if args.slots:
+        hosts = [(h, args.slots) for h, _ in hosts]
+    sys.stdout.write(clean_hostfile(hosts))
+
+
 def _run_demo_corpus(args: argparse.Namespace, cfg) -> None:
     from kobert_pretrain.demo import write_demo_corpus
 
@@ -186,6 +217,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="CHECKPOINT_OR_RUN_DIR", help="a checkpoint, or a run (its newest checkpoint)")
     p.add_argument("--out", "-o", required=True, metavar="FILE.params")
     p.set_defaults(run=_run_export, sections=())
+
+    p = sub.add_parser("doctor", help="preflight checks on this machine or on every host of a hostfile",
+                       allow_abbrev=False)
+    p.add_argument("-H", "--hosts", metavar="HOST:SLOTS,...")
+    p.add_argument("--hostfile", metavar="FILE")
+    p.add_argument("--run-dir", metavar="DIR", help="check free disk and write access here")
+    p.add_argument("--shards", metavar="DIR", help="check that this shard set opens")
+    p.add_argument("--vocab", metavar="DIR", help="check that this vocabulary loads")
+    p.add_argument("--min-free-gb", type=float, default=20.0, metavar="GB", help="free disk wanted (20)")
+    p.add_argument("--gpu", action="store_true", help="require GPUs and Horovod with NCCL")
+    p.add_argument("--local", action="store_true", help="check this machine only")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(run=_run_doctor, sections=())
+
+    p = sub.add_parser("hostfile", help="validate a hostfile (comments allowed) and print Horovod's clean form",
+                       allow_abbrev=False)
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--slots", type=int, default=0, metavar="N", help="print every host with N slots")
+    p.set_defaults(run=_run_hostfile, sections=())
 
     p = sub.add_parser("inspect", help="print a shard set's totals and a few decoded instances",
                        allow_abbrev=False)

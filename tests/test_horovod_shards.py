@@ -16,11 +16,11 @@ pytestmark = pytest.mark.horovod
 HOROVODRUN = Path(sys.executable).with_name("horovodrun")
 
 
-def horovodrun(hosts: str, np_: int, *args, timeout=300) -> subprocess.CompletedProcess:
+def horovodrun(hosts: str, np_: int, *args, timeout=300, env=None) -> subprocess.CompletedProcess:
     if not HOROVODRUN.exists():
         pytest.fail(f"{HOROVODRUN} is missing: run `make install`")
     cmd = [str(HOROVODRUN), "-np", str(np_), "-H", hosts, "--gloo", sys.executable, "-m", "kobert_pretrain", *map(str, args)]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.mark.parametrize("hosts", ["localhost:2", "localhost:1,127.0.0.1:1"])
