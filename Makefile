@@ -15,13 +15,14 @@ HOROVOD_VERSION := 0.28.1
 HOROVOD_CPU_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 MAKEFLAGS=-j$$(nproc)
 
-.PHONY: help install test test-all demo bench clean distclean
+.PHONY: help install install-gpu test test-all demo bench clean distclean
 
 help:
 	@echo "make demo      build the venv and run the pipeline on the bundled Korean corpus"
 	@echo "make test      build the venv and run the default test suite"
 	@echo "make test-all  also run the slow tests"
 	@echo "make bench     run the benchmarks in benchmarks/"
+	@echo "make install-gpu  switch .venv to mxnet-cu110 and Horovod with NCCL (V100 nodes, CUDA 11)"
 	@echo "make clean     remove runs/ and caches (keeps .venv)"
 
 # Python packages (the convert extra brings torch, transformers, onnx, onnxruntime), the package itself
@@ -30,7 +31,7 @@ help:
 $(VENV)/.stamp-python: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install "pip>=23" "setuptools>=61,<70" wheel
-	$(PIP) install -e ".[test,convert]"
+	$(PIP) install -e ".[test,convert]" $(if $(wildcard $(VENV)/.stamp-gpu),--no-deps,)
 	$(PIP) install --no-deps "konlpy==0.6.0"
 	@touch $@
 
@@ -48,6 +49,19 @@ $(VENV)/.stamp-horovod: $(VENV)/.stamp-python
 	@touch $@
 
 install: $(VENV)/.stamp-horovod
+
+# GPU nodes: mxnet-cu110 in place of the CPU mxnet, Horovod rebuilt with NCCL for V100 (sm_70).
+# Checks the CUDA 11 toolkit and NCCL first (scripts/check_gpu_build.sh) and says what is missing.
+install-gpu: $(VENV)/.stamp-python
+	bash scripts/check_gpu_build.sh
+	$(PIP) uninstall -y mxnet
+	$(PIP) install "mxnet-cu110==1.9.1"
+	HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_BUILD_CUDA_CC_LIST=$${HOROVOD_BUILD_CUDA_CC_LIST:-70} \
+		HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 \
+		$(PIP) install --no-build-isolation --no-cache-dir --force-reinstall --no-deps "horovod==$(HOROVOD_VERSION)"
+	$(BIN)/horovodrun --check-build | tee $(VENV)/horovod-check-build.txt
+	@grep -q '\[X\] NCCL' $(VENV)/horovod-check-build.txt || { echo "error: Horovod built without NCCL"; exit 1; }
+	@touch $(VENV)/.stamp-gpu $(VENV)/.stamp-horovod
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
