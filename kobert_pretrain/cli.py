@@ -86,7 +86,7 @@ def _run_launch(args: argparse.Namespace, cfg) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     return launch(LaunchConfig(num_proc=args.np, hosts=hosts, command=command, max_restarts=args.max_restarts,
                                backoff_s=args.backoff, gloo_timeout_s=args.gloo_timeout,
-                               stall_shutdown_s=args.stall_timeout))
+                               stall_shutdown_s=args.stall_timeout, horovodrun_args=args.horovodrun_arg))
 
 
 def _run_export(args: argparse.Namespace, cfg) -> None:
@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gloo-timeout", type=int, default=120, metavar="S", help="Gloo operation timeout (120)")
     p.add_argument("--stall-timeout", type=int, default=600, metavar="S",
                    help="Horovod stall check: shut the job down after S seconds without progress (600)")
+    p.add_argument("--horovodrun-arg", action="append", default=[], metavar="ARG",
+                   help="extra horovodrun argument, repeatable (e.g. --horovodrun-arg=--timeline-filename=t.json)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- train ARGS")
     p.set_defaults(run=_run_launch, sections=())
 

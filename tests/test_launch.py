@@ -38,6 +38,16 @@ def test_bad_hostfile_lines_are_named(tmp_path, text, line):
         parse_hostfile(f)
 
 
+def test_extra_horovodrun_arguments_are_passed(tmp_path):
+    from kobert_pretrain.launch import LaunchConfig, horovodrun_command
+
+    cfg = LaunchConfig(num_proc=2, hosts=[("localhost", 2)], command=["train", "--out", "x"],
+                       horovodrun_args=["--timeline-filename=/tmp/t.json"])
+    cmd = horovodrun_command(cfg, tmp_path / "hostfile", resume_auto=False)
+    assert "--timeline-filename=/tmp/t.json" in cmd
+    assert cmd.index("--timeline-filename=/tmp/t.json") < cmd.index("kobert_pretrain")
+
+
 def test_host_lists_and_resume_rewrite():
     assert parse_hosts("localhost:1,127.0.0.1:1") == [("localhost", 1), ("127.0.0.1", 1)]
     with pytest.raises(UserError, match="cannot read"):
