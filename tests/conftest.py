@@ -39,6 +39,16 @@ def run_cli(*args: str, cwd: str | Path | None = None, timeout: float = 600) -> 
     )
 
 
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    """A user mistake: exit status 2, one line on stderr naming the problem, no traceback."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kobert-pretrain: error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+
+
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory) -> Path:
     from kobert_pretrain.demo import write_demo_corpus

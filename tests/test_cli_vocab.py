@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 
 KOREAN = "대한민국은 민주공화국이다.\n모든 권력은 국민으로부터 나온다.\n"
 
@@ -12,15 +12,6 @@ KOREAN = "대한민국은 민주공화국이다.\n모든 권력은 국민으로�
 def _no_partial(parent, name):
     """Neither the output directory nor a temporary sibling exists."""
     return not (parent / name).exists() and not any(p.name.startswith(f".{name}.tmp") for p in parent.iterdir())
-
-
-def _one_line_error(result, *needles):
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kobert-pretrain: error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert "Traceback" not in result.stderr
 
 
 def test_vocab_cli_builds_a_directory(tmp_path, demo_corpus):
@@ -33,27 +24,27 @@ def test_vocab_cli_builds_a_directory(tmp_path, demo_corpus):
 
 
 def test_missing_input(tmp_path):
-    _one_line_error(run_cli("vocab", "-i", tmp_path / "nope.txt", "-o", tmp_path / "v"), "input not found", "nope.txt")
+    assert_one_line_error(run_cli("vocab", "-i", tmp_path / "nope.txt", "-o", tmp_path / "v"), "input not found", "nope.txt")
     assert _no_partial(tmp_path, "v")
 
 
 def test_glob_matching_nothing(tmp_path):
-    _one_line_error(run_cli("vocab", "-i", str(tmp_path / "*.txt"), "-o", tmp_path / "v"), "matches no files")
+    assert_one_line_error(run_cli("vocab", "-i", str(tmp_path / "*.txt"), "-o", tmp_path / "v"), "matches no files")
 
 
 def test_empty_file_and_empty_directory(tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
-    _one_line_error(run_cli("vocab", "-i", tmp_path / "empty.txt", "-o", tmp_path / "v"), "empty")
+    assert_one_line_error(run_cli("vocab", "-i", tmp_path / "empty.txt", "-o", tmp_path / "v"), "empty")
     (tmp_path / "dir").mkdir()
-    _one_line_error(run_cli("vocab", "-i", tmp_path / "dir", "-o", tmp_path / "v"), "holds no files")
+    assert_one_line_error(run_cli("vocab", "-i", tmp_path / "dir", "-o", tmp_path / "v"), "holds no files")
     (tmp_path / "blank.txt").write_text("\n  \n\n")
-    _one_line_error(run_cli("vocab", "-i", tmp_path / "blank.txt", "-o", tmp_path / "v"), "only blank lines")
+    assert_one_line_error(run_cli("vocab", "-i", tmp_path / "blank.txt", "-o", tmp_path / "v"), "only blank lines")
     assert _no_partial(tmp_path, "v")
 
 
 def test_legacy_encoding_is_explained(tmp_path):
     (tmp_path / "cp949.txt").write_bytes((KOREAN * 20).encode("cp949"))
-    _one_line_error(run_cli("vocab", "-i", tmp_path / "cp949.txt", "-o", tmp_path / "v", "--vocab-size", "50"),
+    assert_one_line_error(run_cli("vocab", "-i", tmp_path / "cp949.txt", "-o", tmp_path / "v", "--vocab-size", "50"),
                     "no valid UTF-8 text", "iconv")
     assert _no_partial(tmp_path, "v")
 
@@ -69,7 +60,7 @@ def test_undecodable_lines_are_skipped_and_counted(tmp_path, demo_corpus):
 
 def test_corpus_too_small_for_vocab(tmp_path):
     (tmp_path / "small.txt").write_text(KOREAN * 10, encoding="utf-8")
-    _one_line_error(run_cli("vocab", "-i", tmp_path / "small.txt", "-o", tmp_path / "v"),
+    assert_one_line_error(run_cli("vocab", "-i", tmp_path / "small.txt", "-o", tmp_path / "v"),
                     "corpus too small for --vocab-size 8002", "lower --vocab-size")
     assert _no_partial(tmp_path, "v")
 
@@ -78,7 +69,7 @@ def test_existing_output_is_never_overwritten(tmp_path, demo_corpus):
     out = tmp_path / "v"
     out.mkdir()
     (out / "spm.model").write_bytes(b"precious")
-    _one_line_error(run_cli("vocab", "-i", demo_corpus, "-o", out, "--vocab-size", "800"), "already holds files")
+    assert_one_line_error(run_cli("vocab", "-i", demo_corpus, "-o", out, "--vocab-size", "800"), "already holds files")
     assert (out / "spm.model").read_bytes() == b"precious"
     assert sorted(p.name for p in out.iterdir()) == ["spm.model"]
 

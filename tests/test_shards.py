@@ -14,7 +14,7 @@ from kobert_pretrain.shards import ShardSet, build_shards
 from kobert_pretrain.shards import build as build_module
 from kobert_pretrain.vocab import Vocab
 
-from conftest import run_cli, shards_config, tree_bytes
+from conftest import assert_one_line_error, run_cli, shards_config, tree_bytes
 
 
 def test_index_and_files(debug_shards, debug_vocab):
@@ -166,14 +166,6 @@ def test_truncated_shard_file_is_reported(tmp_path, debug_shards):
 # ------------------------------------------------------------------------- CLI, bad input
 
 
-def _one_line_error(result, *needles):
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kobert-pretrain: error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 def _cli(corpus, vocab, out, *extra):
     return run_cli("shards", "--config", "configs/debug.toml", "--input", corpus, "--vocab", vocab, "--out", out, *extra)
 
@@ -199,21 +191,21 @@ def test_cli_shards_and_inspect_json(tmp_path, demo_corpus, debug_vocab, debug_s
 
 
 def test_cli_bad_inputs(tmp_path, demo_corpus, debug_vocab):
-    _one_line_error(_cli(tmp_path / "missing.txt", debug_vocab, tmp_path / "o"), "input not found")
+    assert_one_line_error(_cli(tmp_path / "missing.txt", debug_vocab, tmp_path / "o"), "input not found")
     (tmp_path / "empty.txt").write_bytes(b"")
-    _one_line_error(_cli(tmp_path / "empty.txt", debug_vocab, tmp_path / "o"), "empty")
-    _one_line_error(_cli(demo_corpus, tmp_path / "novocab", tmp_path / "o"), "vocab directory not found")
+    assert_one_line_error(_cli(tmp_path / "empty.txt", debug_vocab, tmp_path / "o"), "empty")
+    assert_one_line_error(_cli(demo_corpus, tmp_path / "novocab", tmp_path / "o"), "vocab directory not found")
     (tmp_path / "notvocab").mkdir()
     (tmp_path / "notvocab" / "x.txt").write_text("x")
-    _one_line_error(_cli(demo_corpus, tmp_path / "notvocab", tmp_path / "o"), "not a kobert-pretrain vocab")
+    assert_one_line_error(_cli(demo_corpus, tmp_path / "notvocab", tmp_path / "o"), "not a kobert-pretrain vocab")
     (tmp_path / "cp949.txt").write_bytes("대한민국은 민주공화국이다.\n".encode("cp949") * 5)
-    _one_line_error(_cli(tmp_path / "cp949.txt", debug_vocab, tmp_path / "o"), "no instances")
+    assert_one_line_error(_cli(tmp_path / "cp949.txt", debug_vocab, tmp_path / "o"), "no instances")
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    _one_line_error(_cli(demo_corpus, debug_vocab, foreign), "not a shard set")
+    assert_one_line_error(_cli(demo_corpus, debug_vocab, foreign), "not a shard set")
     assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
-    _one_line_error(_cli(demo_corpus, debug_vocab, tmp_path / "o", "--max-seq-length", "4", "--dupe-factor", "0"),
+    assert_one_line_error(_cli(demo_corpus, debug_vocab, tmp_path / "o", "--max-seq-length", "4", "--dupe-factor", "0"),
                     "3 problems", "max_predictions_per_seq=10")
     assert not (tmp_path / "o").exists() or not any(p.name == "index.json" for p in (tmp_path / "o").iterdir())
 

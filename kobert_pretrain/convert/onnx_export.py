@@ -6,13 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kobert_pretrain.errors import UserError
 
 
 def export_onnx(model, shape, path: Path, cfg) -> dict:
     import torch
 
-    from kobert_pretrain.convert.release import parity_batches
+    from kobert_pretrain.convert.release import parity_batches, record_difference
 
     class Heads(torch.nn.Module):
         """(sequence output, pooled output, MLM logits, NSP logits) from the three standard inputs."""
@@ -56,9 +55,5 @@ def export_onnx(model, shape, path: Path, cfg) -> dict:
             b = b.numpy()
             if name in ("sequence_output", "mlm_logits"):
                 a, b = a[keep], b[keep]
-            diff = float(np.abs(a - b).max())
-            worst[name] = max(worst.get(name, 0.0), diff)
-            if not diff <= cfg.tolerance:
-                raise UserError(f"ONNX check failed: {name} differs from PyTorch by {diff:.3g} "
-                                f"(tolerance {cfg.tolerance:g}); nothing was written")
+            record_difference(worst, name, a, b, cfg.tolerance, "ONNX check failed", "from PyTorch")
     return worst

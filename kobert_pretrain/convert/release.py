@@ -203,12 +203,17 @@ def verify_pytorch(params_file: Path, shape: ModelShape, model, cfg: ConvertConf
             compared.append(("pooled_output", pooled.asnumpy(), hf_pooled))
             compared.append(("nsp_logits", out[2].asnumpy(), hf.seq_relationship_logits.numpy()))
         for name, a, b in compared:
-            diff = float(np.abs(a - b).max())
-            worst[name] = max(worst.get(name, 0.0), diff)
-            if not diff <= cfg.tolerance:
-                raise UserError(f"conversion check failed: {name} differs between MXNet and PyTorch by {diff:.3g} "
-                                f"(tolerance {cfg.tolerance:g}); nothing was written")
+            record_difference(worst, name, a, b, cfg.tolerance, "conversion check failed", "between MXNet and PyTorch")
     return worst
+
+
+def record_difference(worst: dict, name: str, a, b, tolerance: float, failure: str, between: str) -> None:
+    """Keep the largest |a - b| per output; stop the conversion if it exceeds the tolerance (NaN too)."""
+    diff = float(np.abs(a - b).max())
+    worst[name] = max(worst.get(name, 0.0), diff)
+    if not diff <= tolerance:
+        raise UserError(f"{failure}: {name} differs {between} by {diff:.3g} (tolerance {tolerance:g}); "
+                        "nothing was written")
 
 
 def model_card(ckpt, state: dict, shape: ModelShape, report: dict) -> str:
