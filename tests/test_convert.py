@@ -200,3 +200,24 @@ def test_mlm_only_run_converts_to_masked_lm(tmp_path, debug_shards):
     BertForMaskedLM.from_pretrained(str(out))
     report = json.loads((out / "conversion_report.json").read_text())
     assert "nsp_logits" not in report["mxnet_vs_pytorch"] and "mlm_logits" in report["pytorch_vs_onnx"]
+
+
+@pytest.mark.parametrize("fields", [{"normalization_rule_name": "identity"}, {"model_type": "bpe"},
+                                    {"byte_fallback": True}])
+def test_tokenizer_parity_for_other_vocab_settings(tmp_path, demo_corpus, fields):
+    import sentencepiece as spm
+
+    from kobert_pretrain.config import VocabConfig
+    from kobert_pretrain.convert.release import build_tokenizer
+    from kobert_pretrain.vocab import Vocab, build_vocab
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(demo_corpus.read_text(encoding="utf-8") + "\n정말 웃기다 ㅋㅋㅋ ㅎㅎ\nKoBERT 2024\n" * 30,
+                      encoding="utf-8")
+    vocab = Vocab.load(build_vocab(VocabConfig(input=[str(corpus)], out=str(tmp_path / "v"), vocab_size=1200,
+                                               num_threads=2, **fields)))
+    tokenizer = build_tokenizer(vocab, 128)
+    sp = spm.SentencePieceProcessor(model_file=str(vocab.path / "spm.model"))
+    lines = _korean_lines() + [ln for ln in corpus.read_text(encoding="utf-8").splitlines() if ln][:100]
+    for line in lines:
+        assert tokenizer(line, add_special_tokens=False)["input_ids"] == sp.encode(line), (fields, line)
