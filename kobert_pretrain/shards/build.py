@@ -287,14 +287,18 @@ def build_shards(cfg: ShardsConfig) -> Path:
     paths = resolve_inputs(cfg.input)
     out = Path(cfg.out)
     fp = fingerprint(cfg, vocab.sha256, paths)
-    existing = _check_output_dir(out, fp)
     work = out / WORK_DIR
     chunks = plan_chunks(paths, max(1, int(cfg.chunk_mb * 1e6)), cfg.input_format)
+    # Rank 0 inspects the output directory and writes the plan; the others look only after it
+    # has (before, they could see rank 0's half-created .work and mistake it for foreign files).
     if dist.is_root:
+        existing = _check_output_dir(out, fp)
         work.mkdir(parents=True, exist_ok=True)
         if not (work / PLAN_FILE).is_file():
             atomic_write_json(work / PLAN_FILE, {"fingerprint": fp, "num_chunks": len(chunks)})
     dist.barrier("shards.plan")
+    if not dist.is_root:
+        existing = _check_output_dir(out, fp)
     ctx = make_context(cfg, fp)
     started = time.time()
 
