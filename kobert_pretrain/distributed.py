@@ -46,9 +46,6 @@ class Dist:
         """Wait for every rank (Horovod has no barrier for MXNet: a one-element allreduce is one)."""
         self.allreduce_sum(np.zeros(1), name=f"barrier.{name}")
 
-    def all_agree(self, flag: bool, name: str) -> bool:
-        """True on every rank if `flag` is True on any rank (stop / save decisions)."""
-        return bool(self.allreduce_sum(np.array([float(flag)]), name=f"agree.{name}")[0] > 0)
 
 
 def configure_cpu_threads() -> None:

@@ -321,7 +321,7 @@ def build_shards(cfg: ShardsConfig) -> Path:
     # Phase 1: chunks -> instances (this rank's share).
     mine = [c for c in needed if c % dist.size == dist.rank]
     chunk_bytes = sum(end - start for c in mine for _, start, end in chunks[c])
-    results = _run_tasks(ctx, run_chunk, [(c, chunks[c]) for c in mine], cfg.workers, dist,
+    _run_tasks(ctx, run_chunk, [(c, chunks[c]) for c in mine], cfg.workers, dist,
                          desc="shards: chunks", total=chunk_bytes, unit="B",
                          progress=lambda m: sum(e - s for _, s, e in chunks[m["chunk"]]))
     dist.barrier("shards.chunks")
@@ -352,7 +352,7 @@ def build_shards(cfg: ShardsConfig) -> Path:
         atomic_write_json(out / "config.json", cfg.generation_dict())
         atomic_write_json(out / INDEX_FILE, index)
         shutil.rmtree(work, ignore_errors=True)
-        _report(index, results, out, time.time() - started)
+        _report(index, out, time.time() - started)
     dist.barrier("shards.index")
     return out
 
@@ -485,7 +485,7 @@ def _make_index(cfg, vocab, dtype, fp, chunk_counts, chunk_metas, shard_metas) -
     }
 
 
-def _report(index: dict, results: list[dict], out: Path, seconds: float) -> None:
+def _report(index: dict, out: Path, seconds: float) -> None:
     if index["undecodable_lines"]:
         warn(f"skipped {index['undecodable_lines']} line(s) that are not valid UTF-8 "
              "(convert legacy encodings first, e.g. iconv -f cp949 -t utf-8)")
