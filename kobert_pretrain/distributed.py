@@ -47,7 +47,6 @@ class Dist:
         self.allreduce_sum(np.zeros(1), name=f"barrier.{name}")
 
 
-
 def configure_cpu_threads() -> None:
     """CPU threading defaults for MXNet; call before MXNet is imported. User settings win.
 
