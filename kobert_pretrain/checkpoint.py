@@ -97,8 +97,9 @@ class CheckpointManager:
             fsync_dir(self.dir)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            previous = self.latest()
-            kept = f"; the previous checkpoint {previous.path} is intact" if previous else ""
+            # Name the previous checkpoint without re-hashing gigabytes just for an error message.
+            previous = next((p for p in self._candidates() if (p / META).is_file()), None)
+            kept = f"; the previous checkpoint {previous} is intact" if previous else ""
             raise UserError(f"could not write checkpoint {final.name}: {e.strerror or e}{kept}") from None
         self._apply_retention()
         return final

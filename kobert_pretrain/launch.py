@@ -109,7 +109,7 @@ def horovodrun_command(cfg: LaunchConfig, hostfile: Path, resume_auto: bool) -> 
 
 def _with_resume_auto(command: list[str]) -> list[str]:
     out, skip = [], False
-    for i, arg in enumerate(command):
+    for arg in command:
         if skip:
             skip = False
             continue
