@@ -247,6 +247,9 @@ class TrainConfig:
     dtype: str = opt("float32", "float32, or float16 (GPU: fp16 compute, fp32 master weights, loss scaling)")
     loss_scale: float = opt(1024.0, "initial dynamic loss scale for float16 (GluonNLP: 2^10)")
     loss_scale_window: int = opt(2000, "steps without overflow before the loss scale doubles")
+    max_skipped_steps: int = opt(
+        50, "stop as diverged after this many steps in a row with non-finite gradients (each is skipped); "
+            "0 = never stop")
     device: str = opt("auto", "auto (GPU local_rank if any), cpu or gpu")
     fp16_allreduce: bool = opt(False, "compress gradients to fp16 for the allreduce (Horovod)")
     allreduce_groups: int = opt(0, "Horovod grouped allreduce: number of groups; 0 = one allreduce per tensor")
@@ -267,7 +270,7 @@ class TrainConfig:
                 problems.append(f"train.{name}={getattr(self, name)}: must be >= 1")
         for name in ("global_batch_size", "phase2_start_step", "phase2_micro_batch_size",
                      "phase2_global_batch_size", "warmup_steps", "eval_interval", "prefetch",
-                     "allreduce_groups", "seed"):
+                     "allreduce_groups", "seed", "max_skipped_steps"):
             if getattr(self, name) < 0:
                 problems.append(f"train.{name}={getattr(self, name)}: must be >= 0")
         if self.optimizer not in OPTIMIZERS:
@@ -282,8 +285,10 @@ class TrainConfig:
             problems.append(f"train.lr={self.lr}: must be > 0")
         if not 0 <= self.end_lr <= self.lr:
             problems.append(f"train.end_lr={self.end_lr}: must be in [0, lr]")
-        if self.clip_grad_norm < 0 or self.weight_decay < 0 or self.loss_scale <= 0:
-            problems.append("train: clip_grad_norm and weight_decay must be >= 0, loss_scale > 0")
+        if self.clip_grad_norm < 0 or self.weight_decay < 0:
+            problems.append("train: clip_grad_norm and weight_decay must be >= 0")
+        if not 1 <= self.loss_scale <= 2 ** 24:
+            problems.append(f"train.loss_scale={self.loss_scale:g}: must be in [1, 2^24]")
         if self.phase2_shards and not self.phase2_start_step:
             problems.append("train.phase2_shards is set but phase2_start_step is 0: say when phase 2 begins")
         elif self.phase2_start_step and not self.phase2_shards:

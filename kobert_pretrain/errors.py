@@ -20,3 +20,7 @@ class ConfigError(UserError):
         else:
             message = f"invalid config ({len(self.problems)} problems): " + "; ".join(self.problems)
         super().__init__(message)
+
+
+class TrainingDiverged(UserError):
+    """Training kept producing non-finite gradients; restarting from a checkpoint unchanged would not help."""

@@ -27,37 +27,50 @@ class LossScaler:
     The loss is multiplied by `scale` before backward. If the gradients overflow
     (a non-finite global norm, which after the allreduce is the same on every
     rank, so all ranks agree), the step is skipped and the scale halves; after
-    `window` good steps in a row it doubles.
+    `window` good steps in a row it doubles. With `dynamic=False` (float32) the
+    scale never changes, but a step with non-finite gradients is still skipped
+    rather than written into the weights. `consecutive_skipped` lets the trainer
+    tell a diverged run from the few overflows of a scale search.
     """
 
-    def __init__(self, scale: float = 1024.0, window: int = 2000, factor: float = 2.0, min_scale: float = 1.0):
+    MAX_SCALE = 2.0 ** 24  # growth stops here (as in NVIDIA's apex): float16 gradients need no more
+
+    def __init__(self, scale: float = 1024.0, window: int = 2000, factor: float = 2.0, min_scale: float = 1.0,
+                 dynamic: bool = True):
         self.scale = float(scale)
         self.window = window
         self.factor = factor
         self.min_scale = min_scale
+        self.dynamic = dynamic
         self.good_steps = 0
         self.skipped_steps = 0
+        self.consecutive_skipped = 0
 
     def update(self, grads_finite: bool) -> bool:
         """Record one step's outcome; return True if the optimizer step should be applied."""
         if not grads_finite:
-            self.scale = max(self.min_scale, self.scale / self.factor)
+            if self.dynamic:
+                self.scale = max(self.min_scale, self.scale / self.factor)
             self.good_steps = 0
             self.skipped_steps += 1
+            self.consecutive_skipped += 1
             return False
+        self.consecutive_skipped = 0
         self.good_steps += 1
-        if self.good_steps >= self.window:
-            self.scale *= self.factor
+        if self.dynamic and self.good_steps >= self.window:
+            self.scale = max(self.scale, min(self.MAX_SCALE, self.scale * self.factor))
             self.good_steps = 0
         return True
 
     def state_dict(self) -> dict:
-        return {"scale": self.scale, "good_steps": self.good_steps, "skipped_steps": self.skipped_steps}
+        return {"scale": self.scale, "good_steps": self.good_steps, "skipped_steps": self.skipped_steps,
+                "consecutive_skipped": self.consecutive_skipped}
 
     def load_state_dict(self, state: dict) -> None:
         self.scale = float(state["scale"])
         self.good_steps = int(state["good_steps"])
         self.skipped_steps = int(state["skipped_steps"])
+        self.consecutive_skipped = int(state.get("consecutive_skipped", 0))
 
 
 @dataclass(frozen=True)

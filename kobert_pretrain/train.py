@@ -30,7 +30,7 @@ from kobert_pretrain import distributed
 from kobert_pretrain.checkpoint import CheckpointManager
 from kobert_pretrain.config import Config, ConfigError, config_hash, to_dict
 from kobert_pretrain.data import LoaderConfig, PretrainingLoader
-from kobert_pretrain.errors import UserError
+from kobert_pretrain.errors import TrainingDiverged, UserError
 from kobert_pretrain.fsutil import atomic_write_json, atomic_write_text
 from kobert_pretrain.masking import MaskingSpec
 from kobert_pretrain.model import ModelShape, build_model, no_weight_decay
@@ -159,7 +159,10 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.sequences_seen = 0
-        self.scaler = LossScaler(tc.loss_scale if tc.dtype == "float16" else 1.0, tc.loss_scale_window)
+        if tc.dtype == "float16":
+            self.scaler = LossScaler(tc.loss_scale, tc.loss_scale_window)
+        else:  # float32 needs no scaling; non-finite gradients still skip the step
+            self.scaler = LossScaler(1.0, tc.loss_scale_window, dynamic=False)
         self._pending_data_state = None
         self._last_saved_step = -1
         self._last_save_time = time.time()
@@ -236,7 +239,7 @@ class Trainer:
             raise UserError("cannot resume: " + "; ".join(problems))
         self.net.load_parameters(str(ckpt.path / "model.params"), ctx=self.ctx, cast_dtype=True,
                                  dtype_source="current")
-        self._load_optimizer(ckpt.path)
+        load_optimizer_states(self.trainer, ckpt.path, self.ctx)
         self.step = state["step"]
         self._last_saved_step = self.step
         self.tokens_seen = state["tokens_seen"]
@@ -246,53 +249,6 @@ class Trainer:
         if self.is_root:
             self._truncate_metrics(self.step)
         return ckpt
-
-    # Optimizer states as a binary NDArray file plus a small JSON of update counters. MXNet's own
-    # Trainer.save_states pickles every array: 4.4 s instead of 0.4 s for BERT-base's 760 MB of moments.
-
-    def _save_optimizer(self, directory: Path) -> None:
-        updater = self.trainer._updaters[0]
-        arrays, structure = {}, {}
-
-        def flatten(key, state):
-            if state is None:
-                return None
-            if isinstance(state, self.mx.nd.NDArray):
-                arrays[key] = state
-                return "array"
-            return [flatten(f"{key}.{i}", s) for i, s in enumerate(state)]
-
-        for index, state in updater.states.items():
-            structure[str(index)] = flatten(str(index), state)
-        self.mx.nd.save(str(directory / "optimizer.states"), arrays)
-        optimizer = updater.optimizer
-        atomic_write_json(directory / "optimizer.json", {
-            "structure": structure,
-            "num_update": optimizer.num_update,
-            # per device id: {parameter index: updates} (bias correction in Adam and LAMB reads it)
-            "index_update_counts": {str(device): {str(k): v for k, v in counts.items()}
-                                    for device, counts in optimizer._all_index_update_counts.items()},
-        })
-
-    def _load_optimizer(self, directory: Path) -> None:
-        meta = json.loads((directory / "optimizer.json").read_text(encoding="utf-8"))
-        arrays = self.mx.nd.load(str(directory / "optimizer.states")) if meta["structure"] else {}
-
-        def rebuild(key, shape):
-            if shape is None:
-                return None
-            if shape == "array":
-                return arrays[key].as_in_context(self.ctx)
-            return tuple(rebuild(f"{key}.{i}", s) for i, s in enumerate(shape))
-
-        updater = self.trainer._updaters[0]
-        updater.states = {int(k): rebuild(k, v) for k, v in meta["structure"].items()}
-        updater.states_synced = dict.fromkeys(updater.states, True)
-        optimizer = updater.optimizer
-        optimizer.num_update = meta["num_update"]
-        optimizer._all_index_update_counts = {int(device): {int(k): v for k, v in counts.items()}
-                                              for device, counts in meta["index_update_counts"].items()}
-        optimizer._index_update_count = optimizer._all_index_update_counts.setdefault(0, {})
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metrics of steps after the checkpoint: the resumed run logs them again."""
@@ -382,12 +338,29 @@ class Trainer:
         if self.scaler.update(math.isfinite(held_norm)):
             self.trainer.set_learning_rate(lr)
             self.trainer.update(scaling.batch_size)
+        else:
+            self._skipped(scale)
         for p in self.params:
             p.zero_grad()
         self.tokens_seen += int(tokens_total)
         self.sequences_seen += sequences_total
         return {"sums": sums, "lr": lr, "grad_norm": scaling.true_norm, "tokens": tokens_total,
                 "sequences": sequences_total, "phase": phase.number}
+
+    def _skipped(self, scale: float) -> None:
+        """A step with non-finite gradients was skipped (same decision on every rank): say so, and stop
+        a run that keeps doing it rather than burn GPU days on a diverged model."""
+        limit = self.cfg.train.max_skipped_steps
+        run = self.scaler.consecutive_skipped
+        if self.is_root:
+            print(f"train: step {self.step + 1}: non-finite gradients (loss scale {scale:g}): step skipped, "
+                  f"weights unchanged; loss scale now {self.scaler.scale:g}", file=sys.stderr, flush=True)
+        if limit and run >= limit:
+            last = f"step {self._last_saved_step}" if self._last_saved_step > 0 else "none"
+            raise TrainingDiverged(
+                f"training diverged: {run} steps in a row with non-finite gradients up to step {self.step + 1} "
+                f"(last checkpoint: {last}); lower train.lr or raise train.warmup_steps and resume, "
+                "or raise train.max_skipped_steps")
 
     def _forward_backward(self, batch, masked_total, sequences_total, scale):
         mx = self.mx
@@ -431,8 +404,10 @@ class Trainer:
 
     def _grad_norm(self) -> float:
         mx = self.mx
-        squares = [p.grad(self.ctx).astype("float32").norm().square() for p in self.params]
-        return float(mx.nd.add_n(*squares).sqrt().asscalar())
+        # Per-parameter norms on the device, combined in float64 on the host: squaring a float32 norm
+        # would overflow for gradients above 2^64 that are finite and usable.
+        norms = mx.nd.stack(*[p.grad(self.ctx).astype("float32").norm() for p in self.params])
+        return float(np.linalg.norm(norms.asnumpy().astype(np.float64)))
 
     # ------------------------------------------------------------------ evaluation
 
@@ -526,8 +501,8 @@ class Trainer:
         state = self.state_dict()
 
         def write_files(tmp: Path) -> None:
-            self.net.save_parameters(str(tmp / "model.params"))
-            self._save_optimizer(tmp)
+            self.mx.nd.save(str(tmp / "model.params"), parameters_for_saving(self.net, self.trainer))
+            save_optimizer_states(self.trainer, tmp)
 
         path = self.checkpoints.save(self.step, write_files, state)
         self.dist.barrier("checkpoint.saved")
@@ -572,7 +547,8 @@ class Trainer:
             return
         record = self._window.summarize(self.step, self.dist, self.cfg.train.max_steps, self.shape.use_nsp)
         record.update(phase=metrics["phase"], lr=metrics["lr"], grad_norm=metrics["grad_norm"],
-                      loss_scale=self.scaler.scale, tokens_seen=self.tokens_seen)
+                      loss_scale=self.scaler.scale, skipped_steps=self.scaler.skipped_steps,
+                      tokens_seen=self.tokens_seen)
         if self.is_root:
             self._write_metrics(record)
             eta = record["eta_s"]
@@ -584,7 +560,7 @@ class Trainer:
         self._window.reset(self.step)
 
     def _write_metrics(self, record: dict) -> None:
-        line = json.dumps({k: (float(v) if isinstance(v, (np.floating,)) else v) for k, v in record.items()})
+        line = json.dumps({k: _json_number(v) for k, v in record.items()}, allow_nan=False)
         with open(self.run_dir / METRICS, "a", encoding="utf-8") as f:
             f.write(line + "\n")
         self._tensorboard(record)
@@ -608,7 +584,7 @@ class Trainer:
                     del sys.modules["torch"]
             self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
         for key, value in record.items():
-            if isinstance(value, (int, float)) and key not in ("step", "kind"):
+            if isinstance(value, (int, float)) and math.isfinite(value) and key not in ("step", "kind"):
                 self._tb.add_scalar(key, value, record["step"])
 
     def close(self) -> None:
@@ -617,6 +593,86 @@ class Trainer:
                 phase.loader.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def parameters_for_saving(net, trainer) -> dict:
+    """The model's parameters by Gluon's structural name, as `Block.save_parameters` writes them, except
+    that float16 parameters are replaced by the optimizer's float32 master copies (multi_precision): a
+    float16 run's checkpoints, exports and releases keep full-precision weights."""
+    updater = trainer._updaters[0]
+    arrays = {}
+    for name, param in net._collect_params_with_prefix().items():
+        data = param._reduce()
+        if data.dtype == np.float16:
+            state = updater.states.get(trainer._param2idx.get(param.name))
+            master = state[0] if isinstance(state, (tuple, list)) and state else None
+            if master is not None and getattr(master, "dtype", None) == np.float32 and master.shape == data.shape:
+                data = master
+            else:  # not updated yet: the float16 values are exact
+                data = data.astype("float32")
+        arrays[name] = data
+    return arrays
+
+
+# Optimizer states as a binary NDArray file plus a small JSON of update counters. MXNet's own
+# Trainer.save_states pickles every array: 4.4 s instead of 0.4 s for BERT-base's 760 MB of moments.
+# With multi_precision a state is (float32 master weight, moments), saved as nested lists.
+
+def save_optimizer_states(trainer, directory: Path) -> None:
+    import mxnet as mx
+
+    updater = trainer._updaters[0]
+    arrays, structure = {}, {}
+
+    def flatten(key, state):
+        if state is None:
+            return None
+        if isinstance(state, mx.nd.NDArray):
+            arrays[key] = state
+            return "array"
+        return [flatten(f"{key}.{i}", s) for i, s in enumerate(state)]
+
+    for index, state in updater.states.items():
+        structure[str(index)] = flatten(str(index), state)
+    mx.nd.save(str(directory / "optimizer.states"), arrays)
+    optimizer = updater.optimizer
+    atomic_write_json(directory / "optimizer.json", {
+        "structure": structure,
+        "num_update": optimizer.num_update,
+        # per device id: {parameter index: updates} (bias correction in Adam and LAMB reads it)
+        "index_update_counts": {str(device): {str(k): v for k, v in counts.items()}
+                                for device, counts in optimizer._all_index_update_counts.items()},
+    })
+
+
+def load_optimizer_states(trainer, directory: Path, ctx) -> None:
+    import mxnet as mx
+
+    meta = json.loads((directory / "optimizer.json").read_text(encoding="utf-8"))
+    arrays = mx.nd.load(str(directory / "optimizer.states")) if meta["structure"] else {}
+
+    def rebuild(key, shape):
+        if shape is None:
+            return None
+        if shape == "array":
+            return arrays[key].as_in_context(ctx)
+        return tuple(rebuild(f"{key}.{i}", s) for i, s in enumerate(shape))
+
+    updater = trainer._updaters[0]
+    updater.states = {int(k): rebuild(k, v) for k, v in meta["structure"].items()}
+    updater.states_synced = dict.fromkeys(updater.states, True)
+    optimizer = updater.optimizer
+    optimizer.num_update = meta["num_update"]
+    optimizer._all_index_update_counts = {int(device): {int(k): v for k, v in counts.items()}
+                                          for device, counts in meta["index_update_counts"].items()}
+    optimizer._index_update_count = optimizer._all_index_update_counts.setdefault(0, {})
+
+
+def _json_number(value):
+    """Plain JSON: NaN and infinities (a skipped overflow step) become null, numpy floats Python floats."""
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
 
 
 class _Window:
