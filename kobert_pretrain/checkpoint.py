@@ -15,6 +15,7 @@ reported), and a checkpoint that failed to load is never deleted.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -30,6 +31,9 @@ CHECKPOINTS = "checkpoints"
 META = "meta.json"
 FORMAT = "kobert-pretrain-checkpoint/1"
 _NAME = re.compile(r"^step-(\d{8})$")
+DAMAGED = ".damaged"
+STATE_KEYS = ("step", "phase", "data", "tokens_seen", "sequences_seen", "loss_scaler", "world_size", "model_shape",
+              "vocab_sha256", "shards", "config")
 
 
 def checkpoint_name(step: int) -> str:
@@ -43,7 +47,23 @@ class Checkpoint:
     meta: dict
 
     def state(self) -> dict:
-        return json.loads((self.path / "state.json").read_text(encoding="utf-8"))
+        try:
+            state = json.loads((self.path / "state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"checkpoint {self.path}: cannot read state.json ({e})") from None
+        if not isinstance(state, dict):
+            raise UserError(f"checkpoint {self.path}: state.json is not a JSON object")
+        return state
+
+    def training_state(self) -> dict:
+        """state.json of a checkpoint written by `train`, checked for the fields the stages read."""
+        state = self.state()
+        missing = [k for k in STATE_KEYS if k not in state]
+        if missing or not isinstance(state["step"], int) or not isinstance(state["model_shape"], dict) \
+                or not isinstance(state["config"], dict):
+            raise UserError(f"checkpoint {self.path}: state.json is not a kobert-pretrain training state "
+                            f"({'missing ' + ', '.join(missing) if missing else 'bad values'})")
+        return state
 
 
 class CheckpointManager:
@@ -95,12 +115,15 @@ class CheckpointManager:
                 shutil.rmtree(final)  # an older save of the same step (a resumed run reaching it again)
             os.rename(tmp, final)
             fsync_dir(self.dir)
-        except OSError as e:
+        except Exception as e:
+            reason = _write_failure(e, self.dir)  # before freeing the partial files: is the disk full?
             shutil.rmtree(tmp, ignore_errors=True)
+            if reason is None:
+                raise  # a bug, not the disk: keep the traceback
             # Name the previous checkpoint without re-hashing gigabytes just for an error message.
             previous = next((p for p in self._candidates() if (p / META).is_file()), None)
             kept = f"; the previous checkpoint {previous} is intact" if previous else ""
-            raise UserError(f"could not write checkpoint {final.name}: {e.strerror or e}{kept}") from None
+            raise UserError(f"could not write checkpoint {final}: {reason}{kept}") from None
         self._apply_retention()
         return final
 
@@ -123,45 +146,75 @@ class CheckpointManager:
 
     def verify(self, path: Path) -> Checkpoint | None:
         """The checkpoint at `path` if its meta.json is valid and every checksum matches."""
+        return self.check(path)[0]
+
+    def check(self, path: Path) -> tuple[Checkpoint | None, str]:
+        """(the checkpoint, "") if `path` is complete and intact, else (None, what is wrong with it)."""
         try:
             meta = json.loads((path / META).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None, "meta.json is missing"
         except (OSError, ValueError):
-            return None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("files"), dict):
-            return None
+            return None, "meta.json is unreadable"
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("files"), dict) \
+                or not isinstance(meta.get("step"), int):
+            return None, "meta.json is not a kobert-pretrain checkpoint description"
         for name, entry in meta["files"].items():
             f = path / name
             try:
-                if f.stat().st_size != entry["bytes"] or sha256_file(f) != entry["sha256"]:
-                    return None
+                if f.stat().st_size != entry["bytes"]:
+                    return None, f"{name} has {f.stat().st_size} bytes, {entry['bytes']} expected"
+                if sha256_file(f) != entry["sha256"]:
+                    return None, f"{name} fails its checksum"
             except OSError:
-                return None
-        return Checkpoint(path=path, step=int(meta["step"]), meta=meta)
+                return None, f"{name} is missing or unreadable"
+            except (TypeError, KeyError):
+                return None, "meta.json is not a kobert-pretrain checkpoint description"
+        return Checkpoint(path=path, step=meta["step"], meta=meta), ""
 
-    def latest(self, report: bool = False) -> Checkpoint | None:
-        """The newest complete, intact checkpoint; unreadable newer ones are skipped (and reported)."""
-        for path in self._candidates():
-            ckpt = self.verify(path)
+    def latest(self, report: bool = False, set_aside: bool = False) -> Checkpoint | None:
+        """The newest complete, intact checkpoint; damaged newer ones are skipped and reported.
+
+        With `set_aside` (the writer of a run about to resume) a damaged checkpoint is renamed
+        `step-XXXXXXXX.damaged` so that the resumed run, saving that step again, cannot overwrite it.
+        Raises UserError when checkpoints exist but none is intact: resuming from step 0 would
+        silently throw the run away.
+        """
+        candidates = self._candidates()
+        damaged = []
+        for path in candidates:
+            ckpt, reason = self.check(path)
             if ckpt is not None:
                 return ckpt
+            kept = path
+            if set_aside and self.is_writer:
+                kept = _set_aside(path)
+            damaged.append(f"{path.name} ({reason})")
             if report:
-                warn(f"checkpoint {path} is incomplete or corrupt (checksum mismatch); "
-                     "falling back to the previous one (it is kept for inspection)")
+                where = f"moved to {kept.name} for inspection" if kept != path else "left in place for inspection"
+                warn(f"checkpoint {path} is damaged: {reason}; {where}; trying the one before it")
+        if damaged:
+            advice = (f": starting over would discard the run; restore a checkpoint or move {self.dir} away "
+                      "to start from step 0") if set_aside else ""
+            raise UserError(f"none of the {len(damaged)} checkpoint(s) in {self.dir} is intact ("
+                            + "; ".join(damaged[:3]) + ("; ..." if len(damaged) > 3 else "") + ")" + advice)
         return None
 
     def resolve(self, resume: str) -> Checkpoint | None:
         """What `--resume auto|none|PATH` means for this run directory."""
         if resume == "auto":
-            return self.latest(report=True)
+            return self.latest(report=True, set_aside=True)
         if resume == "none":
             if self._candidates() or (self.run_dir / "metrics.jsonl").exists():
                 raise UserError(f"{self.run_dir} already holds a run; use --resume auto to continue it, "
                                 "or choose another --out")
             return None
         path = Path(resume)
-        ckpt = self.verify(path)
+        if not path.is_dir():
+            raise UserError(f"--resume {resume}: no such checkpoint directory")
+        ckpt, reason = self.check(path)
         if ckpt is None:
-            raise UserError(f"--resume {resume}: not a complete checkpoint (missing or corrupt meta.json/files)")
+            raise UserError(f"--resume {resume}: not a complete checkpoint ({reason})")
         return ckpt
 
 
@@ -169,10 +222,12 @@ def find_checkpoint(source: str | Path) -> Checkpoint:
     """A checkpoint directory, or the newest intact checkpoint of a run directory."""
     source = Path(source)
     manager = CheckpointManager(source.parent.parent if source.parent.name == CHECKPOINTS else source)
+    if source.exists() and not source.is_dir():
+        raise UserError(f"{source} is a file, not a run or checkpoint directory")
     if (source / META).exists() or source.parent.name == CHECKPOINTS:
-        ckpt = manager.verify(source)
+        ckpt, reason = manager.check(source)
         if ckpt is None:
-            raise UserError(f"{source} is not a complete checkpoint (missing or corrupt meta.json/files)")
+            raise UserError(f"{source} is not a complete checkpoint ({reason})")
         return ckpt
     if not source.is_dir():
         raise UserError(f"not found: {source}")
@@ -182,6 +237,39 @@ def find_checkpoint(source: str | Path) -> Checkpoint:
     return ckpt
 
 
+def _set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint out of the step-XXXXXXXX namespace (never deleted by retention)."""
+    for n in range(100):
+        target = path.with_name(path.name + DAMAGED + (f"-{n}" if n else ""))
+        if not target.exists():
+            try:
+                os.rename(path, target)
+            except OSError:
+                return path
+            return target
+    return path
+
+
+def _write_failure(error: BaseException, directory: Path) -> str | None:
+    """What went wrong writing into `directory`, if it was the storage (None: a bug)."""
+    full = False
+    try:
+        full = shutil.disk_usage(directory if directory.exists() else directory.parent).free < (1 << 20)
+    except OSError:
+        pass
+    if isinstance(error, OSError):
+        if error.errno == errno.ENOSPC or full:
+            return "no space left on device"
+        return error.strerror or str(error)
+    text = str(error)
+    if type(error).__name__ == "MXNetError" and ("FileStream" in text or "Write" in text or full):
+        if full:
+            return "no space left on device"
+        lines = [ln.strip() for ln in text.splitlines() if "FileStream" in ln or "Check failed" in ln]
+        return "write failed (" + (lines[-1] if lines else text.strip().splitlines()[-1])[:160] + ")"
+    return None
+
+
 def export_params(source: str | Path, out: str | Path) -> Path:
     """Write a checkpoint's parameters as a plain Gluon `.params` file (plus a `.json` describing the model).
 
@@ -189,14 +277,27 @@ def export_params(source: str | Path, out: str | Path) -> Path:
     """
     from kobert_pretrain.fsutil import atomic_write_bytes, atomic_write_json
 
+    import mxnet as mx
+
     ckpt = find_checkpoint(source)
     out = Path(out)
-    if out.exists():
-        raise UserError(f"{out} exists; export never overwrites: choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    state = ckpt.state()
-    atomic_write_bytes(out, (ckpt.path / "model.params").read_bytes())
-    atomic_write_json(out.with_suffix(".json"), {"model_shape": state["model_shape"], "step": state["step"],
+    description = out.with_suffix(".json")
+    for path in (out, description):
+        if path.exists() or path.is_symlink():
+            raise UserError(f"{path} exists; export never overwrites: choose another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {out.parent}: {e.strerror or e}") from None
+    state = ckpt.training_state()
+    data = (ckpt.path / "model.params").read_bytes()
+    try:
+        mx.nd.load_frombuffer(data)
+    except mx.base.MXNetError:
+        raise UserError(f"checkpoint {ckpt.path}: model.params passes its checksum but is not an MXNet "
+                        "parameter file") from None
+    atomic_write_bytes(out, data)
+    atomic_write_json(description, {"model_shape": state["model_shape"], "step": state["step"],
                                                  "vocab_sha256": state["vocab_sha256"],
                                                  "tokens_seen": state["tokens_seen"], "checkpoint": str(ckpt.path)})
     return out

@@ -9,9 +9,11 @@ SUBCOMMAND --help` lists them. Problems are collected and reported together
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -442,14 +444,17 @@ def _coerce(value: Any, tp: Any, where: str, from_cli: bool) -> Any:
                 pass
         raise ValueError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if from_cli and isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError(f"{where}: expected a number, got {value!r}")
+            number = float(value)
+        elif from_cli and isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ValueError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

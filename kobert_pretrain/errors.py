@@ -13,12 +13,12 @@ class UserError(Exception):
 class ConfigError(UserError):
     """One or more invalid config values; all of them are listed in the message."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], title: str = "invalid config"):
         self.problems = list(problems)
         if len(self.problems) == 1:
-            message = f"invalid config: {self.problems[0]}"
+            message = f"{title}: {self.problems[0]}"
         else:
-            message = f"invalid config ({len(self.problems)} problems): " + "; ".join(self.problems)
+            message = f"{title} ({len(self.problems)} problems): " + "; ".join(self.problems)
         super().__init__(message)
 
 

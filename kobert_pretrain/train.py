@@ -15,10 +15,12 @@ uninterrupted one bit for bit on CPU.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import asdict
@@ -36,6 +38,7 @@ from kobert_pretrain.masking import MaskingSpec
 from kobert_pretrain.model import ModelShape, build_model, no_weight_decay
 from kobert_pretrain.optim import LossScaler, learning_rate, update_scaling
 from kobert_pretrain.shards import ShardSet
+from kobert_pretrain.text import warn
 from kobert_pretrain.vocab import Vocab
 
 METRICS = "metrics.jsonl"
@@ -66,6 +69,49 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**31 - 1)
 
 
+def _lock_run_dir(run_dir: Path):
+    """An exclusive lock on RUN_DIR/.lock, held while this process trains: a second `train` into the same
+    directory would interleave metrics and overwrite checkpoints. The kernel drops it when the process dies."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{run_dir} is being trained by {holder}; two runs in one directory would overwrite each "
+                        "other's checkpoints: wait for it, stop it, or choose another --out") from None
+    except OSError as e:  # a filesystem without locks (some NFS set-ups): go on, but say so
+        warn(f"cannot lock {run_dir / '.lock'} ({e.strerror or e}); make sure no other run writes there")
+        return handle
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
+def _run_dir_problem(run_dir: Path) -> str | None:
+    """Why `run_dir` cannot hold this run: None if it is new, empty, or an earlier run (its config.json
+    written by `train`, or its checkpoints/), which this one resumes. Anything else is not ours to write in."""
+    if run_dir.exists() and not run_dir.is_dir():
+        return f"--out {run_dir} is a file, not a run directory"
+    if not run_dir.is_dir():
+        return None
+    names = sorted(p.name for p in run_dir.iterdir() if p.name != ".lock")  # .lock: a run starting right now
+    if not names or (run_dir / "checkpoints").is_dir():
+        return None
+    try:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        if isinstance(config, dict) and {"train", "model"} <= config.keys():
+            return None
+    except (OSError, ValueError):
+        pass
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"--out {run_dir} already holds files that are not a training run ({shown}); choose a new directory"
+
+
 class Phase:
     """One training phase: its shards, loader and batch geometry."""
 
@@ -92,8 +138,15 @@ class Trainer:
         problems = [p for name in ("model", "train", "log", "checkpoint") for p in cfg.section(name).validate()]
         if not tc.shards or not tc.out:
             raise ConfigError(problems)
+        # Absolute paths in the run's config.json: later stages (convert, a resume) may run elsewhere.
+        for name in ("shards", "eval_shards", "phase2_shards", "vocab", "out"):
+            if getattr(tc, name):
+                setattr(tc, name, str(Path(getattr(tc, name)).expanduser().resolve()))
         self.dist = distributed.init()
         self.run_dir = Path(tc.out)
+        run_dir_problem = _run_dir_problem(self.run_dir)
+        if run_dir_problem:
+            problems.append(run_dir_problem)
         self.is_root = self.dist.is_root
         world = self.dist.size
 
@@ -145,14 +198,27 @@ class Trainer:
             problems.append(f"{e} (set --train.vocab)")
         if tc.dtype == "float16" and self._device_kind() != "gpu":
             problems.append("train.dtype=float16 needs a GPU (on CPU use float32)")
+        if tc.device == "gpu" and mx.context.num_gpus() == 0:
+            problems.append("train.device=gpu but MXNet sees no GPU (CPU build of mxnet, or no visible device: "
+                            "check CUDA_VISIBLE_DEVICES and `kobert-pretrain doctor`)")
         if problems:
-            raise ConfigError(problems)
+            raise ConfigError(problems, title="cannot start training")
         index = first.index
         self.spec = MaskingSpec.from_vocab(vocab, index["masked_lm_prob"], index["max_predictions_per_seq"],
                                            index["whole_word_mask"])
         self.vocab_sha = vocab_sha
 
         self.ctx = mx.gpu(self.dist.local_rank) if self._device_kind() == "gpu" else mx.cpu()
+        self._tb = None
+        self._lock = _lock_run_dir(self.run_dir) if self.is_root else None
+        try:
+            self._set_up(resume)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _set_up(self, resume: str) -> None:
+        cfg, tc = self.cfg, self.cfg.train
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=cfg.checkpoint.keep_last,
                                              keep_every=cfg.checkpoint.keep_every, is_writer=self.is_root)
         self.checkpoints.remove_partial()
@@ -170,7 +236,6 @@ class Trainer:
         self._build_model()
         self.resumed_from = self._resume(resume)
         self._window = _Window()
-        self._tb = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -228,18 +293,18 @@ class Trainer:
             if self.is_root:
                 self._truncate_metrics(0)  # a run killed before its first checkpoint starts over
             return None
-        state = ckpt.state()
-        problems = []
-        if state["model_shape"] != asdict(self.shape):
-            problems.append(f"checkpoint {ckpt.path} has model shape {state['model_shape']}, this run "
-                            f"{asdict(self.shape)}")
-        if state["vocab_sha256"] != self.vocab_sha:
-            problems.append(f"checkpoint {ckpt.path} was trained with another vocabulary")
+        state = ckpt.training_state()
+        problems = self._resume_problems(state)
         if problems:
-            raise UserError("cannot resume: " + "; ".join(problems))
-        self.net.load_parameters(str(ckpt.path / "model.params"), ctx=self.ctx, cast_dtype=True,
-                                 dtype_source="current")
-        load_optimizer_states(self.trainer, ckpt.path, self.ctx)
+            raise UserError(f"cannot resume {self.run_dir} from {ckpt.path.name}: " + "; ".join(problems))
+        try:
+            self.net.load_parameters(str(ckpt.path / "model.params"), ctx=self.ctx, cast_dtype=True,
+                                     dtype_source="current")
+            load_optimizer_states(self.trainer, ckpt.path, self.ctx)
+        except (self.mx.base.MXNetError, KeyError, ValueError, TypeError, AssertionError) as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"checkpoint {ckpt.path} passes its checksums but cannot be loaded "
+                            f"({first_line[:200]}); resume from an earlier one with --resume PATH") from None
         self.step = state["step"]
         self._last_saved_step = self.step
         self.tokens_seen = state["tokens_seen"]
@@ -249,6 +314,33 @@ class Trainer:
         if self.is_root:
             self._truncate_metrics(self.step)
         return ckpt
+
+    def _resume_problems(self, state: dict) -> list[str]:
+        """What makes this run not a continuation of the checkpoint's (checked before anything is written)."""
+        tc = self.cfg.train
+        saved = state["config"].get("train", {})
+        now = asdict(self.shape)
+        problems = []
+        if state["vocab_sha256"] != self.vocab_sha:
+            problems.append("it was trained with another vocabulary (shards built with another vocab)")
+        differing = [f"model.{k} {v} (checkpoint) vs {now.get(k)} (now)"
+                     for k, v in state["model_shape"].items() if now.get(k) != v]
+        if differing:
+            problems.append("the model differs: " + ", ".join(differing))
+        for phase, fingerprint in zip(self.phases, state["shards"]):
+            if phase.shard_set.index["fingerprint"] != fingerprint:
+                which = "train.shards" if phase.number == 1 else "train.phase2_shards"
+                was = saved.get("shards" if phase.number == 1 else "phase2_shards", "?")
+                problems.append(f"{which} is another shard set than the one it was trained on ({was})")
+        if saved.get("seed", tc.seed) != tc.seed:
+            problems.append(f"train.seed {tc.seed} vs {saved['seed']} (the seed fixes data order and masks)")
+        if saved.get("optimizer", tc.optimizer) != tc.optimizer:
+            problems.append(f"train.optimizer {tc.optimizer} vs {saved['optimizer']} "
+                            "(its moments do not carry over)")
+        if state["step"] > tc.max_steps:
+            problems.append(f"it is at step {state['step']}, past train.max_steps={tc.max_steps}; "
+                            "raise max_steps to train further")
+        return problems
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metrics of steps after the checkpoint: the resumed run logs them again."""
@@ -592,7 +684,17 @@ class Trainer:
             if phase.loader is not None:
                 phase.loader.close()
         if self._tb is not None:
-            self._tb.close()
+            tb, self._tb = self._tb, None
+            try:
+                tb.close()
+            except OSError as e:  # a full disk must not hide the error that ended the run
+                warn(f"could not finish the TensorBoard event file: {e.strerror or e}")
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
 
 
 def parameters_for_saving(net, trainer) -> dict:

@@ -58,12 +58,31 @@ def test_corrupt_newest_falls_back_to_previous_and_is_kept(tmp_path, damage, cap
         target.write_bytes(bytes(data))
     else:
         (newest / "meta.json").unlink()
+    reason = {"truncate": "model.params has 293 bytes, 300 expected", "flip": "model.params fails its checksum",
+              "no-meta": "meta.json is missing"}[damage]
+    with pytest.raises(UserError, match=f"not a complete checkpoint \\({reason}\\)"):
+        manager.resolve(str(newest))
     chosen = manager.resolve("auto")
     assert chosen.step == 1
-    assert "falling back to the previous one" in capsys.readouterr().err
-    assert newest.is_dir()  # never deleted because it failed to load
-    with pytest.raises(UserError, match="not a complete checkpoint"):
-        manager.resolve(str(newest))
+    err = capsys.readouterr().err
+    assert f"step-00000002 is damaged: {reason}; moved to step-00000002.damaged for inspection" in err
+    # Set aside, never deleted, and out of the way of the resumed run saving step 2 again
+    kept = newest.with_name("step-00000002.damaged")
+    assert not newest.exists() and (kept / "model.params").is_file()
+    manager.save(2, _writer(b"again"), {"step": 2})
+    manager.save(3, _writer(b"three"), {"step": 3})
+    assert kept.is_dir() and manager.latest().step == 3
+
+
+def test_no_intact_checkpoint_refuses_to_start_over(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=5)
+    only = manager.save(1, _writer(b"one" * 100), {"step": 1})
+    (only / "model.params").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"none of the 1 checkpoint\(s\) in .* is intact \(step-00000001 "
+                                        r"\(model.params has 1 bytes, 300 expected\)\): starting over would "
+                                        r"discard the run"):
+        manager.resolve("auto")
+    assert (tmp_path / "checkpoints" / "step-00000001.damaged" / "model.params").read_bytes() == b"x"
 
 
 def test_disk_full_keeps_the_previous_checkpoint(tmp_path):
@@ -74,8 +93,8 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path):
         (tmp / "model.params").write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(UserError, match=r"could not write checkpoint step-00000002: No space left on device; "
-                                        r"the previous checkpoint .*step-00000001 is intact"):
+    with pytest.raises(UserError, match=r"could not write checkpoint .*checkpoints/step-00000002: no space left "
+                                        r"on device; the previous checkpoint .*step-00000001 is intact"):
         manager.save(2, full, {"step": 2})
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000001"]
     assert manager.latest().path == good and (good / "model.params").read_bytes() == b"good"
@@ -184,7 +203,8 @@ def test_corrupt_newest_checkpoint_resumes_from_previous(tmp_path, debug_shards,
     newest.write_bytes(newest.read_bytes()[:1000])
     code, err = finish(start(debug_shards, run, "--checkpoint.keep_last=5"))
     assert code == 0, err
-    assert "falling back to the previous one" in err and f"resumed from {checkpoints[-2]}" in err
+    assert f"{checkpoints[-1].name} is damaged: model.params has 1000 bytes" in err
+    assert f"resumed from {checkpoints[-2]}" in err
     assert_same_run(uninterrupted, run)
 
 

@@ -131,12 +131,27 @@ def test_bad_setups_are_reported_together(tmp_path, demo_corpus, debug_vocab, de
     assert not (tmp_path / "run").exists()
 
 
-def test_resume_refuses_another_model(tmp_path, debug_shards):
-    train(train_config(debug_shards, tmp_path / "run", "--train.max_steps=2"))
-    with pytest.raises(UserError, match="cannot resume: checkpoint .* has model shape"):
-        Trainer(train_config(debug_shards, tmp_path / "run", "--train.max_steps=4", "--model.units=32"))
+def test_resume_refuses_what_is_not_a_continuation_and_writes_nothing(tmp_path, demo_corpus, debug_vocab,
+                                                                       debug_shards):
+    from kobert_pretrain.shards import build_shards
+
+    run = tmp_path / "run"
+    train(train_config(debug_shards, run, "--train.max_steps=2"))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    other = build_shards(shards_config(demo_corpus, debug_vocab, tmp_path / "other", "--shards.seed=7"))
+    with pytest.raises(UserError) as info:
+        Trainer(train_config(other, run, "--train.max_steps=4", "--model.units=32", "--train.seed=3",
+                             "--train.optimizer=bertadam"))
+    assert str(info.value) == (
+        f"cannot resume {run} from step-00000002: the model differs: model.units 64 (checkpoint) vs 32 (now); "
+        f"train.shards is another shard set than the one it was trained on ({debug_shards}); "
+        "train.seed 3 vs 0 (the seed fixes data order and masks); "
+        "train.optimizer bertadam vs lamb (its moments do not carry over)")
+    with pytest.raises(UserError, match="it is at step 2, past train.max_steps=1; raise max_steps"):
+        Trainer(train_config(debug_shards, run, "--train.max_steps=1"))
     with pytest.raises(UserError, match="already holds a run"):
-        Trainer(train_config(debug_shards, tmp_path / "run"), resume="none")
+        Trainer(train_config(debug_shards, run), resume="none")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # config.json untouched
 
 
 def test_cli_train_errors_are_one_line(tmp_path, debug_shards):
