@@ -158,9 +158,14 @@ def test_truncated_shard_file_is_reported(tmp_path, debug_shards):
     out = tmp_path / "s"
     shutil.copytree(debug_shards, out)
     tokens = out / "shard-00000" / "tokens.npy"
+    size = tokens.stat().st_size
     tokens.write_bytes(tokens.read_bytes()[:-100])
-    with pytest.raises(UserError, match="truncated or corrupt"):
-        ShardSet.open(out).shard(0)
+    # Reported when the set is opened (header and size only), not at the shard's first use.
+    with pytest.raises(UserError) as e:
+        ShardSet.open(out)
+    assert str(e.value) == (f"shard set {out} has 1 problem(s): shard-00000/tokens.npy is truncated "
+                            f"({size - 100:,} of {size:,} bytes); re-run the same shards command to rebuild the "
+                            "damaged shards")
 
 
 # ------------------------------------------------------------------------- CLI, bad input

@@ -15,13 +15,16 @@ processes (and Horovod ranks) can share without changing a byte of output:
 
 index.json is written last, then .work is removed. Every chunk and shard
 directory is renamed into place only when complete and carries sha256 sums, so
-a re-run with the same arguments verifies and skips finished work and redoes
-the rest. Peak memory per worker is about one chunk or one shard, whatever the
-corpus size.
+a re-run with the same arguments (however its paths are spelled) verifies and
+skips finished work and redoes the rest; a set whose index.json was deleted is
+completed the same way. A run that fails on its input (a UserError) removes what
+it created; an interruption (Ctrl-C, kill, a full disk) keeps it for the resume.
+Peak memory per worker is about one chunk or one shard, whatever the corpus size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -46,6 +49,10 @@ from kobert_pretrain.shards.documents import ChunkText, read_documents, tokenize
 from kobert_pretrain.shards.format import (
     FORMAT,
     INDEX_FILE,
+    SHARD_DIR_RE,
+    DiskFullError,
+    disk_full,
+    is_out_of_space,
     read_array_meta,
     shard_name,
     token_dtype,
@@ -107,14 +114,52 @@ def _document_boundary(f, pos: int, size: int, input_format: str) -> int:
             return f.tell()
 
 
-def fingerprint(cfg: ShardsConfig, vocab_sha256: str, paths: list[Path]) -> str:
-    """What the output depends on: generation config, vocabulary, input files and sizes."""
-    blob = json.dumps(
-        {"format": FORMAT, "config": cfg.generation_dict(), "vocab_sha256": vocab_sha256,
-         "inputs": [[str(p), p.stat().st_size] for p in paths]},
-        sort_keys=True,
-    ).encode()
-    return hashlib.sha256(blob).hexdigest()
+# Covered by "inputs" (resolved files) and "vocab_sha256": how the user spelled them does not matter.
+SPELLED_PATHS = ("input", "vocab")
+
+
+def build_identity(cfg: ShardsConfig, vocab_sha256: str, paths: list[Path]) -> dict:
+    """What the output depends on: generation settings, the vocabulary's sha256, the resolved input files and sizes.
+
+    Paths as typed (relative or absolute, a glob or a list) are left out, so a resume does
+    not depend on how the same inputs and vocabulary are spelled.
+    """
+    settings = {k: v for k, v in cfg.generation_dict().items() if k not in SPELLED_PATHS}
+    return {"format": FORMAT, "config": settings, "vocab_sha256": vocab_sha256,
+            "inputs": [[str(p), p.stat().st_size] for p in paths]}
+
+
+def fingerprint(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def identity_differences(old: dict, new: dict) -> list[str]:
+    """What differs between an existing build's identity (index.json or plan.json) and this run's."""
+    if not old:
+        return ["its settings are not recorded (it was started by an older kobert-pretrain)"]
+    diffs = []
+    if old.get("format") != new["format"]:
+        diffs.append(f"format {old.get('format')} vs {new['format']}")
+    old_inputs, new_inputs = old.get("inputs"), new["inputs"]
+    if old_inputs is not None and old_inputs != new_inputs:
+        old_sizes, new_sizes = dict(map(tuple, old_inputs)), dict(map(tuple, new_inputs))
+        parts = [f"{p} only there" for p in old_sizes if p not in new_sizes]
+        parts += [f"{p} only now" for p in new_sizes if p not in old_sizes]
+        parts += [f"{p} {old_sizes[p]:,} vs {new_sizes[p]:,} bytes" for p in new_sizes
+                  if p in old_sizes and old_sizes[p] != new_sizes[p]]
+        if not parts:
+            parts = ["the same files in another order"]
+        shown = parts[:3] + ([f"{len(parts) - 3} more"] if len(parts) > 3 else [])
+        diffs.append("inputs differ: " + ", ".join(shown))
+    if old.get("vocab_sha256") != new["vocab_sha256"]:
+        diffs.append(f"vocab sha256 differs: {str(old.get('vocab_sha256'))[:12]}... vs {new['vocab_sha256'][:12]}...")
+    old_config = {k: v for k, v in (old.get("config") or {}).items() if k not in SPELLED_PATHS}
+    for key in sorted(set(old_config) | set(new["config"])):
+        if old_config.get(key) != new["config"].get(key):
+            diffs.append(f"setting {key} {old_config.get(key)} vs {new['config'].get(key)}")
+    if not diffs:
+        diffs.append("it was made by another kobert-pretrain version (the fingerprint is computed differently)")
+    return diffs
 
 
 # --------------------------------------------------------------------------------------- tasks
@@ -278,27 +323,89 @@ def _ragged_take(flat: np.ndarray, lengths: np.ndarray, order: np.ndarray) -> tu
 
 
 def build_shards(cfg: ShardsConfig) -> Path:
-    """Generate (or resume) the shard set `cfg.out`; return its path."""
+    """Generate (or resume) the shard set `cfg.out`; return its path.
+
+    A failure that is the input's fault (a UserError: no instances, too many shards, ...)
+    leaves `out` as it was before the run. An interruption (Ctrl-C, a crash, a full disk)
+    keeps the finished chunks and shards, and the same command resumes.
+    """
     problems = cfg.validate()
     if problems:
         raise ConfigError(problems)
     dist = distributed.init()
     vocab = Vocab.load(cfg.vocab)
+    # Record absolute paths (index.json's config is how `inspect` and `train` find the vocabulary
+    # from any working directory).
+    cfg = dataclasses.replace(cfg, vocab=str(vocab.path.resolve()), input=[os.path.abspath(p) for p in cfg.input])
     paths = resolve_inputs(cfg.input)
     out = Path(cfg.out)
-    fp = fingerprint(cfg, vocab.sha256, paths)
+    before = _snapshot(out) if dist.is_root else None
+    try:
+        return _build(cfg, dist, vocab, paths, out)
+    except DiskFullError:
+        raise
+    except UserError:
+        if dist.is_root:
+            _restore(out, before)
+        raise
+    except OSError as e:
+        if is_out_of_space(e):
+            raise disk_full(Path(e.filename) if e.filename else out) from None
+        raise
+
+
+def _write_json(path: Path, obj) -> None:
+    try:
+        atomic_write_json(path, obj)
+    except OSError as e:
+        if is_out_of_space(e):
+            raise disk_full(path) from None
+        raise
+
+
+def _snapshot(out: Path) -> tuple[set[str], set[str] | None] | None:
+    """The names in `out` and in `out/.work` before this run (None where a directory did not exist)."""
+    if not out.is_dir():
+        return None
+    names = {p.name for p in out.iterdir()}
+    work = out / WORK_DIR
+    return names, ({p.name for p in work.iterdir()} if WORK_DIR in names and work.is_dir() else None)
+
+
+def _restore(out: Path, before: tuple[set[str], set[str] | None] | None) -> None:
+    """Remove what this run created in `out` (all of `out` if it did not exist before)."""
+    if before is None:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    names, work_names = before
+    if not out.is_dir():
+        return
+    created = [p for p in out.iterdir() if p.name not in names]
+    work = out / WORK_DIR
+    if work_names is not None and work.is_dir():
+        created += [p for p in work.iterdir() if p.name not in work_names]
+    for p in created:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _build(cfg: ShardsConfig, dist, vocab: Vocab, paths: list[Path], out: Path) -> Path:
+    identity = build_identity(cfg, vocab.sha256, paths)
+    fp = fingerprint(identity)
     work = out / WORK_DIR
     chunks = plan_chunks(paths, max(1, int(cfg.chunk_mb * 1e6)), cfg.input_format)
     # Rank 0 inspects the output directory and writes the plan; the others look only after it
     # has (before, they could see rank 0's half-created .work and mistake it for foreign files).
     if dist.is_root:
-        existing = _check_output_dir(out, fp)
+        existing = _check_output_dir(out, fp, identity)
         work.mkdir(parents=True, exist_ok=True)
         if not (work / PLAN_FILE).is_file():
-            atomic_write_json(work / PLAN_FILE, {"fingerprint": fp, "num_chunks": len(chunks)})
+            _write_json(work / PLAN_FILE, {"fingerprint": fp, "num_chunks": len(chunks), "identity": identity})
     dist.barrier("shards.plan")
     if not dist.is_root:
-        existing = _check_output_dir(out, fp)
+        existing = _check_output_dir(out, fp, identity)
     ctx = make_context(cfg, fp)
     started = time.time()
 
@@ -331,7 +438,7 @@ def build_shards(cfg: ShardsConfig) -> Path:
         chunk_counts = [chunk_metas[c]["num_instances"] for c in range(len(chunks))]
         total_instances = sum(chunk_counts)
         if total_instances == 0:
-            raise UserError("the inputs produced no instances: they hold no text with at least one token")
+            raise UserError(_no_instances_message(chunk_metas.values()))
         total_tokens = sum(m["num_tokens"] for m in chunk_metas.values())
         num_shards = _decide_num_shards(cfg, total_instances, total_tokens * ctx.dtype.itemsize)
         todo_shards = [s for s in range(num_shards) if verify_array_dir(out / shard_name(s), fp) is None]
@@ -348,17 +455,20 @@ def build_shards(cfg: ShardsConfig) -> Path:
         if existing is not None:
             index = existing
         else:
-            index = _make_index(cfg, vocab, ctx.dtype, fp, chunk_counts, chunk_metas, shard_metas)
-        atomic_write_json(out / "config.json", cfg.generation_dict())
-        atomic_write_json(out / INDEX_FILE, index)
+            index = _make_index(cfg, vocab, ctx.dtype, fp, identity, chunk_counts, chunk_metas, shard_metas)
+        _write_json(out / "config.json", cfg.generation_dict())
+        _write_json(out / INDEX_FILE, index)
         shutil.rmtree(work, ignore_errors=True)
         _report(index, out, time.time() - started)
     dist.barrier("shards.index")
     return out
 
 
-def _check_output_dir(out: Path, fp: str) -> dict | None:
-    """The existing index if `out` is a complete set with the same fingerprint; refuse foreign content."""
+def _check_output_dir(out: Path, fp: str, identity: dict) -> dict | None:
+    """The existing index if `out` is a complete set with the same fingerprint; refuse foreign content.
+
+    None means: build (or resume, or rebuild index.json) here.
+    """
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
     if not out.is_dir() or not any(out.iterdir()):
@@ -372,7 +482,8 @@ def _check_output_dir(out: Path, fp: str) -> dict | None:
         except ValueError:
             raise UserError(f"{index_file} is corrupt: remove {out} and run again") from None
         if index.get("fingerprint") != fp:
-            raise UserError(f"{out} holds a shard set built from other inputs, vocabulary or settings; "
+            raise UserError(f"{out} holds a shard set built from other inputs, vocabulary or settings "
+                            f"(there vs this run: {'; '.join(identity_differences(index, identity))}); "
                             "choose another --out (nothing was changed)")
         return index
     plan = out / WORK_DIR / PLAN_FILE
@@ -382,10 +493,39 @@ def _check_output_dir(out: Path, fp: str) -> dict | None:
         except ValueError:
             planned = {}
         if planned.get("fingerprint") != fp:
-            raise UserError(f"{out} holds an interrupted shard build with other inputs or settings; "
+            raise UserError(f"{out} holds an interrupted shard build with other inputs or settings (there vs this run: "
+                            f"{'; '.join(identity_differences(planned.get('identity') or {}, identity))}); "
                             "re-run it with its original arguments, or choose another --out")
         return None
-    raise UserError(f"--out {out} already holds files that are not a shard set; choose a new directory")
+    # No index and no plan: a finished set whose index.json was deleted. Its shards carry the
+    # fingerprint, so the same command can rebuild index.json (redoing the chunks, keeping the shards).
+    entries = list(out.iterdir())
+    shard_dirs = [p for p in entries if SHARD_DIR_RE.fullmatch(p.name)]
+    others = [p.name for p in entries if p.name != "config.json"
+              and not SHARD_DIR_RE.fullmatch(p.name.split(".tmp-")[0])  # a shard the build was writing
+              and not (p.name == WORK_DIR and not any(p.iterdir()))]
+    if others or not shard_dirs:
+        raise UserError(f"--out {out} already holds files that are not a shard set; choose a new directory")
+    fingerprints = {(read_array_meta(p) or {}).get("fingerprint") for p in shard_dirs}
+    if fingerprints != {fp}:
+        raise UserError(f"{out} holds shards without {INDEX_FILE} that were built from other inputs, vocabulary or "
+                        "settings (or are damaged); re-run the command that built them, or choose another --out")
+    return None
+
+
+def _no_instances_message(chunk_metas) -> str:
+    lines = sum(m["lines"] for m in chunk_metas)
+    undecodable = sum(m["undecodable_lines"] for m in chunk_metas)
+    if not undecodable:
+        return "the inputs produced no instances: they hold no text with at least one token"
+    by_file: dict[str, int] = {}
+    for m in chunk_metas:
+        for path, count in m["undecodable_by_file"].items():
+            by_file[path] = by_file.get(path, 0) + count
+    worst = max(by_file, key=by_file.get)
+    return (f"the inputs produced no instances: {undecodable:,} of {lines:,} line(s) are not valid UTF-8 "
+            f"({by_file[worst]:,} in {worst}) and the rest hold no text with at least one token; "
+            f"convert legacy Korean encodings first, e.g. iconv -f cp949 -t utf-8 {worst} > {worst}.utf8")
 
 
 def _decide_num_shards(cfg: ShardsConfig, num_instances: int, token_bytes: int) -> int:
@@ -449,7 +589,7 @@ def _consume(iterator, bar, progress, results):
     return results
 
 
-def _make_index(cfg, vocab, dtype, fp, chunk_counts, chunk_metas, shard_metas) -> dict:
+def _make_index(cfg, vocab, dtype, fp, identity, chunk_counts, chunk_metas, shard_metas) -> dict:
     undecodable = sum(m["undecodable_lines"] for m in chunk_metas.values())
     num_instances = sum(m["num_instances"] for m in shard_metas)
     num_tokens = sum(m["num_tokens"] for m in shard_metas)
@@ -476,6 +616,7 @@ def _make_index(cfg, vocab, dtype, fp, chunk_counts, chunk_metas, shard_metas) -
         "text_tokens": sum(m["text_tokens"] for m in chunk_metas.values()),
         "input_bytes": sum(m["bytes"] for m in chunk_metas.values()),
         "undecodable_lines": undecodable,
+        "inputs": identity["inputs"],
         "chunk_counts": chunk_counts,
         "shards": [
             {"name": shard_name(m["shard"]), "num_instances": m["num_instances"], "num_tokens": m["num_tokens"],
