@@ -8,6 +8,7 @@ end as one line on stderr and exit status 2; nothing else is done here.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -123,10 +124,13 @@ def _run_doctor(args: argparse.Namespace, cfg) -> int:
 
 
 def _run_hostfile(args: argparse.Namespace, cfg) -> None:
-    from kobert_pretrain.launch import clean_hostfile, parse_hostfile
+    from kobert_pretrain.launch import clean_hostfile, parse_hostfile, slots_problem
 
     hosts = parse_hostfile(args.file)
-    if args.slots:
+    if args.slots is not None:
+        problem = slots_problem(args.slots)
+        if problem:
+            raise UserError(f"--slots: {problem}")
         hosts = [(h, args.slots) for h, _ in hosts]
     sys.stdout.write(clean_hostfile(hosts))
 
@@ -236,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hostfile", help="validate a hostfile (comments allowed) and print Horovod's clean form",
                        allow_abbrev=False)
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--slots", type=int, default=0, metavar="N", help="print every host with N slots")
+    p.add_argument("--slots", type=int, metavar="N", help="print every host with N slots")
     p.set_defaults(run=_run_hostfile, sections=())
 
     p = sub.add_parser("inspect", help="print a shard set's totals and a few decoded instances",
@@ -251,7 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-corpus", help="write the bundled Korean demo corpus (from konlpy) to a file")
     p.add_argument("--out", "-o", required=True, metavar="FILE")
     p.set_defaults(run=_run_demo_corpus, sections=())
+    for name, p in sub.choices.items():
+        p.set_defaults(subcommand=name)
     return parser
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an OSError: what went wrong and, when known, where."""
+    if e.errno == errno.ENOSPC:
+        return "no space left on device" + (f" while writing {e.filename}" if e.filename else "")
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}{where}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     run: Callable = args.run
     sections: tuple[str, ...] = args.sections
+    if overrides and not sections:
+        parser.error(f"unrecognized arguments: {' '.join(overrides)} "
+                     f"({args.subcommand} reads no config, so it takes no --section.field=value)")
     flags = {k: v for k, v in vars(args).items() if "." in k}
     if args.command == "convert" and args.source:
         flags["convert.source"] = args.source
@@ -276,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         # Disk full, permission denied, a path that vanished: one line, unless debugging.
         if os.environ.get("KOBERT_DEBUG"):
             raise
-        where = f": {e.filename}" if e.filename else ""
-        print(f"kobert-pretrain: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"kobert-pretrain: error: {describe_os_error(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("kobert-pretrain: interrupted", file=sys.stderr)

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from kobert_pretrain.errors import UserError
-from kobert_pretrain.fsutil import atomic_write_text
+from kobert_pretrain.fsutil import atomic_write_text, check_parents_are_dirs
 
 _CHAPTER = re.compile(r"^제\s*\d+\s*장")
 # Korean sentence end: a Hangul syllable, then . ? or !, then whitespace.
@@ -54,8 +54,17 @@ def demo_documents() -> list[list[str]]:
 
 
 def write_demo_corpus(path: str | Path) -> Path:
-    """Write the demo corpus to `path` (atomically) and return it."""
+    """Write the demo corpus to `path` (atomically, never over an existing file) and return it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "\n\n".join("\n".join(doc) for doc in demo_documents()) + "\n")
+    if path.is_dir():
+        raise UserError(f"--out {path} is a directory; give a file name, e.g. {path / 'corpus.txt'}")
+    if path.exists() or path.is_symlink():
+        raise UserError(f"--out {path} already exists; demo-corpus never overwrites: choose a new file or remove it")
+    check_parents_are_dirs(path, "--out")
+    text = "\n\n".join("\n".join(doc) for doc in demo_documents()) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {path.parent}: {e.strerror}") from None
+    atomic_write_text(path, text, overwrite=False)
     return path

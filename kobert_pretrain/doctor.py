@@ -63,12 +63,16 @@ def local_report(run_dir: str | None, shards: str | None, vocab: str | None, min
         existing = Path(run_dir)
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
-        free = shutil.disk_usage(existing).free / 1e9
-        report["free_gb"] = round(free, 1)
-        if free < min_free_gb:
-            problems.append(f"only {free:.1f} GB free under {run_dir} (want >= {min_free_gb:g})")
-        if not os.access(existing, os.W_OK):
-            problems.append(f"{existing} is not writable")
+        if not existing.is_dir():
+            # A run directory can neither be a file nor be created below one.
+            problems.append(f"--run-dir {run_dir}: {existing} is a file, not a directory")
+        else:
+            free = shutil.disk_usage(existing).free / 1e9
+            report["free_gb"] = round(free, 1)
+            if free < min_free_gb:
+                problems.append(f"only {free:.1f} GB free under {run_dir} (want >= {min_free_gb:g})")
+            if not os.access(existing, os.W_OK):
+                problems.append(f"{existing} is not writable")
     for label, path, check in (("shards", shards, _check_shards), ("vocab", vocab, _check_vocab)):
         if path:
             try:
@@ -110,10 +114,24 @@ def remote_reports(hosts: list[tuple[str, int]], args: list[str]) -> list[dict]:
         if match:
             reports.append(json.loads(match.group(1)))
     if len(reports) != len(hosts):
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise UserError(f"doctor got {len(reports)} of {len(hosts)} host reports from horovodrun "
-                        f"(is passwordless ssh set up, and the same venv path on every host?): {' / '.join(tail)}")
+                        f"(is passwordless ssh set up, and the same venv path on every host?): "
+                        f"{horovodrun_failure(result.stdout + result.stderr)}")
     return reports
+
+
+def horovodrun_failure(output: str) -> str:
+    """horovodrun's reason for failing, on one line: the message its traceback ends with, after the
+    ssh error behind it if there is one, or else its last line of output."""
+    from kobert_pretrain.launch import LauncherTraceback
+
+    launcher = LauncherTraceback()
+    shown = [ln.strip() for ln in output.splitlines(keepends=True) if launcher.feed(ln) and ln.strip()]
+    summary = launcher.summary()
+    ssh = [ln for ln in shown if ln.startswith("ssh:")]
+    if summary:
+        return f"{summary} ({ssh[-1]})" if ssh else summary
+    return shown[-1] if shown else "no output"
 
 
 def compare_hosts(reports: list[dict]) -> None:

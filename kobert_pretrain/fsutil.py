@@ -8,6 +8,7 @@ are built under a temporary sibling name and renamed into place as a whole.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -27,6 +28,13 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def default_file_mode() -> int:
+    """0o666 less the process umask: the mode `open()` gives a new file (0o644 under umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make a rename inside `path` durable."""
     fd = os.open(path, os.O_RDONLY)
@@ -36,8 +44,12 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> None:
+    """Write `data` to `path` so that readers see either the old file or the whole new one.
+
+    With `overwrite=False` an existing `path` is never replaced, even one created while we
+    wrote (the finished file is hard-linked into place, which fails if the name is taken).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -45,28 +57,83 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_no_clobber(tmp, path)
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(e, OSError):
+            name_final_path(e, tmp, path)
         raise
     fsync_dir(path.parent)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
 
 
+def _link_no_clobber(tmp: Path, path: Path) -> None:
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise UserError(f"{path} already exists; it is never overwritten: choose another name or remove it") from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        # A file system without hard links: the existence check is as close as we get.
+        if path.exists():
+            raise UserError(f"{path} already exists; it is never overwritten: choose another name or remove it") \
+                from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
+def name_final_path(error: OSError, tmp: Path, final: Path) -> None:
+    """Make an OSError raised while writing the temporary sibling `tmp` name `final`, the path the user gave.
+
+    A write that fails (a full disk) often has no file name at all; it gets `final` too.
+    """
+    name = error.filename
+    if name is None:
+        error.filename = str(final)
+    elif str(name) == str(tmp) or str(name).startswith(str(tmp) + os.sep):
+        error.filename = str(final) + str(name)[len(str(tmp)):]
+
+
+def disk_full_error(error: BaseException) -> OSError | None:
+    """An ENOSPC OSError for an exception that reports a full disk only in its text (torch, safetensors)."""
+    if isinstance(error, OSError):
+        return error if error.errno == errno.ENOSPC else None
+    text = str(error)
+    if "No space left on device" in text or "StorageFull" in text:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return None
+
+
 def ensure_free_output_dir(out: Path, what: str) -> None:
     """Refuse to write a stage's output over anything already there."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
+    check_parents_are_dirs(out, "--out")
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out {out} already holds files; {what} never overwrites: choose a new directory or remove it")
+
+
+def check_parents_are_dirs(path: Path, flag: str) -> None:
+    """Refuse a path below a regular file (`afile/out`), which could never be created."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                shown = parent if Path(path).is_absolute() else os.path.relpath(parent)
+                raise UserError(f"{flag} {path}: {shown} is a file, not a directory")
+            return
 
 
 @contextlib.contextmanager
@@ -95,6 +162,13 @@ def atomic_output_dir(out: str | os.PathLike, what: str) -> Iterator[Path]:
         # os.replace moves a directory onto an empty one (POSIX rename semantics).
         os.replace(tmp, out)
         fsync_dir(out.parent)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        disk_full = disk_full_error(e)
+        if disk_full is not None:
+            name_final_path(disk_full, tmp, out)
+            if disk_full is not e:
+                raise disk_full from e
+        elif isinstance(e, OSError):
+            name_final_path(e, tmp, out)
         raise

@@ -28,6 +28,9 @@ from kobert_pretrain.errors import UserError
 EXIT_PREEMPTED = 75
 EXIT_USER_ERROR = 2
 _FIRST_FAILURE = re.compile(r"Process name: (\S+)\s+Exit code: (-?\d+)")
+# Ranks per host: a node has at most a few dozen GPUs; 1024 leaves room for CPU-only emulation and
+# catches typos such as slots=99999999999999999999 before horovodrun tries to start them.
+MAX_SLOTS = 1024
 
 
 # ---------------------------------------------------------------------------------- hostfiles
@@ -46,6 +49,7 @@ def parse_hostfile(path: str | Path) -> list[tuple[str, int]]:
     except UnicodeDecodeError:
         raise UserError(f"hostfile {path} is not UTF-8 text") from None
     hosts = []
+    first_line: dict[str, int] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -56,8 +60,13 @@ def parse_hostfile(path: str | Path) -> list[tuple[str, int]]:
             raise UserError(f"hostfile {path} line {number}: cannot read {raw.strip()!r}; write 'HOST slots=N'")
         host = match.group(1)
         slots = int(match.group(2)) if match.lastindex and match.lastindex >= 2 else 1
-        if slots < 1:
-            raise UserError(f"hostfile {path} line {number}: slots must be >= 1 in {raw.strip()!r}")
+        problem = slots_problem(slots)
+        if problem:
+            raise UserError(f"hostfile {path} line {number}: {problem} in {raw.strip()!r}")
+        if host in first_line:
+            raise UserError(f"hostfile {path} line {number}: host {host} is already listed on line "
+                            f"{first_line[host]}; list each host once, with all its slots")
+        first_line[host] = number
         hosts.append((host, slots))
     if not hosts:
         raise UserError(f"hostfile {path} names no hosts")
@@ -72,8 +81,21 @@ def parse_hosts(spec: str) -> list[tuple[str, int]]:
         match = re.fullmatch(r"([^\s:]+)(?::(\d+))?", item)
         if not item or match is None or (match.group(2) is not None and int(match.group(2)) < 1):
             raise UserError(f"-H {spec!r}: cannot read {item!r}; write HOST:SLOTS,HOST:SLOTS")
-        hosts.append((match.group(1), int(match.group(2) or 1)))
+        host, slots = match.group(1), int(match.group(2) or 1)
+        problem = slots_problem(slots)
+        if problem:
+            raise UserError(f"-H {spec!r}: {problem} in {item!r}")
+        if host in (h for h, _ in hosts):
+            raise UserError(f"-H {spec!r}: host {host} is listed twice; list each host once, with all its slots")
+        hosts.append((host, slots))
     return hosts
+
+
+def slots_problem(slots: int) -> str | None:
+    """Why `slots` (ranks on one host) is unusable, or None."""
+    if not 1 <= slots <= MAX_SLOTS:
+        return f"slots must be between 1 and {MAX_SLOTS}, got {slots}"
+    return None
 
 
 def clean_hostfile(hosts: list[tuple[str, int]]) -> str:
@@ -128,6 +150,11 @@ class Supervisor:
             raise UserError("launch runs a training job: kobert-pretrain launch -np N -H ... -- train ARGS")
         if cfg.num_proc < 1 or cfg.num_proc > sum(s for _, s in cfg.hosts):
             raise UserError(f"-np {cfg.num_proc} does not fit the {sum(s for _, s in cfg.hosts)} slot(s) of the hosts")
+        problems = [f"{flag} {value:g} must be >= {least}" for flag, value, least in (
+            ("--max-restarts", cfg.max_restarts, 0), ("--backoff", cfg.backoff_s, 0),
+            ("--gloo-timeout", cfg.gloo_timeout_s, 1), ("--stall-timeout", cfg.stall_shutdown_s, 0)) if value < least]
+        if problems:
+            raise UserError("; ".join(problems))
         self.cfg = cfg
         self.proc: subprocess.Popen | None = None
         self.preempted_by: str | None = None
@@ -185,8 +212,10 @@ class Supervisor:
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      errors="replace", bufsize=1)
         tail: list[str] = []
+        launcher = LauncherTraceback(keep=bool(os.environ.get("KOBERT_DEBUG")))
         for line in self.proc.stdout:
-            sys.stderr.write(line)
+            if launcher.feed(line):
+                sys.stderr.write(line)
             tail.append(line)
             del tail[:-200]
         code = self.proc.wait()
@@ -194,6 +223,10 @@ class Supervisor:
         text = "".join(tail)
         match = _FIRST_FAILURE.search(text)
         failure = (match.group(1), int(match.group(2))) if match else None
+        summary = launcher.summary()
+        if summary and failure is None:
+            # With a failed rank our own line says it all; otherwise horovodrun's reason is worth one line.
+            self.log(f"horovodrun: {summary}")
         rank_preempted = failure is not None and failure[1] == EXIT_PREEMPTED
         return code, failure, rank_preempted
 
@@ -204,6 +237,39 @@ class Supervisor:
         proc = self.proc
         if proc is not None:
             threading.Thread(target=_signal_ranks, args=(proc.pid,), daemon=True).start()
+
+
+class LauncherTraceback:
+    """Holds back horovodrun's own Python traceback and condenses it to its final line.
+
+    horovodrun ends every failed job with a ~20-line traceback of its launcher code (even when a
+    rank merely exited with status 2 after printing a one-line error). The ranks' output, which
+    Gloo prefixes with `[rank]<stdout>:` / `[rank]<stderr>:`, is never held back, nor is
+    anything horovodrun prints before its traceback. `keep=True` (KOBERT_DEBUG) holds nothing.
+    """
+
+    def __init__(self, keep: bool = False):
+        self.keep = keep
+        self.held: list[str] = []
+
+    def feed(self, line: str) -> bool:
+        """Whether to echo `line` now."""
+        if self.keep or _RANK_OUTPUT.match(line):
+            return True
+        if not self.held and not line.startswith("Traceback (most recent call last):"):
+            return True
+        self.held.append(line)
+        return False
+
+    def summary(self) -> str | None:
+        """The exception line(s) that end the held traceback, joined into one line; None if nothing was held."""
+        lines = [ln.rstrip("\n") for ln in self.held]
+        last_frame = max((i for i, ln in enumerate(lines) if ln.startswith((" ", "\t", "Traceback "))), default=-1)
+        message = " ".join(ln.strip() for ln in lines[last_frame + 1:] if ln.strip())
+        return message or None
+
+
+_RANK_OUTPUT = re.compile(r"^(?:[^\[]{0,40})\[\d+(?:,\d+)?\]<std(?:out|err)>:")
 
 
 def _signal_ranks(horovodrun_pid: int) -> None:

@@ -3,6 +3,9 @@
 Input is UTF-8 text, one sentence per line, a blank line between documents
 (the BERT convention). Lines that are not valid UTF-8 are skipped and counted,
 never fatal on their own: one bad line in a 10 GB crawl must not cost a day.
+Files that start with a UTF-16 byte-order mark are skipped whole, and files
+with CR-only (classic Mac) line endings are flagged: both are counted so that
+a stage that finds too little text can say why.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Iterator
 from kobert_pretrain.errors import UserError
 
 _BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 def resolve_inputs(patterns: list[str]) -> list[Path]:
@@ -65,12 +69,23 @@ class ReadStats:
     blank_lines: int = 0
     undecodable_lines: int = 0
     undecodable_by_file: dict[str, int] = field(default_factory=dict)
+    utf16_files: list[str] = field(default_factory=list)
+    cr_files: list[str] = field(default_factory=list)
     bytes: int = 0
 
-    def warnings(self) -> list[str]:
+    @property
+    def text_lines(self) -> int:
+        """Lines read that are neither blank nor undecodable."""
+        return self.lines - self.blank_lines - self.undecodable_lines
+
+    def warnings(self, dropped_text: bool = True) -> list[str]:
+        """One line per kind of input skipped; `dropped_text=False` leaves out the lines and files
+        whose text was lost (undecodable, UTF-16, CR line endings), for a caller that states them itself."""
         notes = []
         if self.empty_files:
             notes.append(f"skipped {len(self.empty_files)} empty file(s), e.g. {self.empty_files[0]}")
+        if not dropped_text:
+            return notes
         if self.undecodable_lines:
             worst = max(self.undecodable_by_file, key=self.undecodable_by_file.get)
             notes.append(
@@ -78,6 +93,13 @@ class ReadStats:
                 f"({self.undecodable_by_file[worst]} in {worst}); "
                 "convert legacy Korean encodings first, e.g. iconv -f cp949 -t utf-8"
             )
+        if self.utf16_files:
+            notes.append(f"skipped {len(self.utf16_files)} UTF-16 file(s), e.g. {self.utf16_files[0]}; "
+                         "convert them first, e.g. iconv -f utf-16 -t utf-8")
+        if self.cr_files:
+            notes.append(f"{len(self.cr_files)} file(s) hold carriage returns (CR, classic Mac line endings) "
+                         f"inside lines, e.g. {self.cr_files[0]}; only \\n ends a line: convert them first, "
+                         "e.g. tr '\\r' '\\n'")
         return notes
 
 
@@ -87,6 +109,11 @@ def iter_lines(paths: list[Path], stats: ReadStats, progress=None) -> Iterator[s
     A blank line (whitespace only) is yielded as "" so callers can see document
     boundaries; a file boundary is also a document boundary and yields "".
     `progress`, if given, is called with the number of bytes consumed.
+
+    Lines are split at "\\n" only, as `shards` splits them; a carriage return
+    inside a line (CR-only line endings) is recorded in `stats.cr_files`. A line
+    holding a NUL byte is binary data (or UTF-16 without a byte-order mark),
+    not text, and is counted as undecodable.
     """
     for path in paths:
         stats.files += 1
@@ -102,15 +129,25 @@ def iter_lines(paths: list[Path], stats: ReadStats, progress=None) -> Iterator[s
                     progress(len(raw))
                 if first:
                     first = False
+                    if raw.startswith(_UTF16_BOMS):
+                        stats.utf16_files.append(str(path))
+                        if progress is not None:
+                            progress(size - len(raw))
+                        stats.bytes += size - len(raw)
+                        break
                     if raw.startswith(_BOM):
                         raw = raw[len(_BOM):]
                 stats.lines += 1
                 try:
-                    line = raw.decode("utf-8")
+                    line = raw.decode("utf-8") if b"\0" not in raw else None
                 except UnicodeDecodeError:
+                    line = None
+                if line is None:
                     stats.undecodable_lines += 1
                     stats.undecodable_by_file[str(path)] = stats.undecodable_by_file.get(str(path), 0) + 1
                     continue
+                if "\r" in line.rstrip("\r\n") and (not stats.cr_files or stats.cr_files[-1] != str(path)):
+                    stats.cr_files.append(str(path))
                 line = line.strip()
                 if not line:
                     stats.blank_lines += 1

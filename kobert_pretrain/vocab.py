@@ -114,7 +114,14 @@ def build_vocab(cfg: VocabConfig) -> Path:
             minloglevel=2,
         )
     except RuntimeError as e:
-        raise _explain_spm_error(e, cfg, stats) from None
+        bar.close()
+        # Warnings gathered while reading come first; the error states the text that was dropped.
+        error, states_dropped = _explain_spm_error(e, cfg, stats, too_long)
+        for note in stats.warnings(dropped_text=not states_dropped):
+            warn(note)
+        if too_long and not states_dropped:
+            warn(_too_long_warning(too_long, cfg))
+        raise error from None
     finally:
         bar.close()
 
@@ -122,7 +129,7 @@ def build_vocab(cfg: VocabConfig) -> Path:
     for note in stats.warnings():
         warn(note)
     if too_long:
-        warn(f"skipped {too_long} line(s) longer than vocab.max_sentence_length={cfg.max_sentence_length} bytes")
+        warn(_too_long_warning(too_long, cfg))
 
     proto = model.getvalue()
     sp = spm.SentencePieceProcessor(model_proto=proto)
@@ -182,29 +189,63 @@ def reservoir_sample(items: Iterator[str], k: int, rng: np.random.Generator) -> 
         w *= math.exp(math.log(1.0 - rng.random()) / k)
 
 
-def _explain_spm_error(err: RuntimeError, cfg: VocabConfig, stats: ReadStats) -> UserError:
-    """Turn SentencePiece's internal errors into one actionable line."""
+def _too_long_warning(too_long: int, cfg: VocabConfig) -> str:
+    return f"skipped {too_long} line(s) longer than vocab.max_sentence_length={cfg.max_sentence_length} bytes"
+
+
+def _dropped_text(cfg: VocabConfig, stats: ReadStats, too_long: int) -> list[str]:
+    """Why lines of the inputs never reached SentencePiece, one clause each (empty when none were lost)."""
+    clauses = []
+    if stats.cr_files:
+        clauses.append(f"{len(stats.cr_files)} file(s) use CR (classic Mac) line endings, e.g. {stats.cr_files[0]}, "
+                       "and only \\n ends a line (convert them first, e.g. tr '\\r' '\\n')")
+    non_blank = stats.lines - stats.blank_lines
+    if stats.undecodable_lines:
+        counted = "all" if stats.undecodable_lines == non_blank else f"{stats.undecodable_lines} of"
+        clauses.append(f"{counted} {non_blank} line(s) are not valid UTF-8 (convert them first, e.g. "
+                       "iconv -f cp949 -t utf-8)")
+    if stats.utf16_files:
+        clauses.append(f"{len(stats.utf16_files)} file(s) are UTF-16, e.g. {stats.utf16_files[0]} (convert them "
+                       "first, e.g. iconv -f utf-16 -t utf-8)")
+    if too_long:
+        counted = "all" if too_long == stats.text_lines else f"{too_long} of"
+        clauses.append(f"{counted} {stats.text_lines} UTF-8 line(s) are longer than vocab.max_sentence_length="
+                       f"{cfg.max_sentence_length} bytes (one sentence per line expected)")
+    return clauses
+
+
+def _explain_spm_error(err: RuntimeError, cfg: VocabConfig, stats: ReadStats,
+                       too_long: int) -> tuple[UserError, bool]:
+    """Turn SentencePiece's internal errors into one actionable line that says why text was missing.
+
+    Returns the error and whether it states the dropped text (then those warnings are not repeated).
+    """
     text = str(err)
-    if stats.lines == stats.undecodable_lines + stats.blank_lines and stats.undecodable_lines:
-        return UserError(
-            f"no valid UTF-8 text in the inputs ({stats.undecodable_lines} undecodable lines skipped); "
-            "convert them first, e.g. iconv -f cp949 -t utf-8"
-        )
+    dropped = _dropped_text(cfg, stats, too_long)
+    because = "; ".join(dropped)
+    if stats.text_lines - too_long <= 0 and dropped:
+        if len(dropped) == 1 and stats.undecodable_lines:
+            return UserError(
+                f"no valid UTF-8 text in the inputs ({stats.undecodable_lines} undecodable lines skipped); "
+                "convert them first, e.g. iconv -f cp949 -t utf-8"
+            ), True
+        return UserError(f"no text left to train on: {because}"), True
     if stats.lines == stats.blank_lines:
-        return UserError("the inputs hold only blank lines: there is no text to learn from")
+        return UserError("the inputs hold only blank lines: there is no text to learn from"), False
     match = re.search(r"Vocabulary size (?:is )?too high \((\d+)\)\. Please set it to a value <= (\d+)", text)
     if match:
         return UserError(
             f"corpus too small for --vocab-size {cfg.vocab_size}: it supports at most {match.group(2)} pieces; "
-            "lower --vocab-size or add text"
-        )
+            + (f"text was dropped: {because}; " if dropped else "") + "lower --vocab-size or add text"
+        ), bool(dropped)
     if "Vocabulary size is smaller than required_chars" in text:
         return UserError(
             f"--vocab-size {cfg.vocab_size} is smaller than the number of distinct characters to cover; "
             "raise --vocab-size or lower --vocab.character_coverage"
-        )
+        ), False
     first_line = text.strip().splitlines()[-1] if text.strip() else repr(err)
-    return UserError(f"SentencePiece training failed: {first_line}")
+    return UserError(f"SentencePiece training failed: {first_line}"
+                     + (f"; text was dropped: {because}" if dropped else "")), bool(dropped)
 
 
 @dataclass
@@ -219,6 +260,8 @@ class Vocab:
     @classmethod
     def load(cls, path: str | Path) -> "Vocab":
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path} is a file, not a vocab directory (give the directory `vocab --out` wrote)")
         if not path.is_dir():
             raise UserError(f"vocab directory not found: {path}")
         model, meta_file = path / MODEL_FILE, path / META_FILE
@@ -233,7 +276,14 @@ class Vocab:
         digest = sha256_file(model)
         if digest != meta.get("spm_model_sha256"):
             raise UserError(f"{model} does not match the sha256 in {meta_file}: the vocab directory was modified")
-        sp = spm.SentencePieceProcessor(model_file=str(model))
+        try:
+            sp = spm.SentencePieceProcessor(model_file=str(model))
+        except (RuntimeError, OSError) as e:
+            # A model whose checksum was rewritten to match: SentencePiece says only "could not parse ModelProto".
+            reason = str(e).strip().splitlines()[-1].replace(f" from {model}", "") if str(e).strip() \
+                else type(e).__name__
+            raise UserError(f"{model} is not a valid SentencePiece model ({reason}); "
+                            "rebuild the vocabulary with `kobert-pretrain vocab`") from None
         if sp.get_piece_size() != meta.get("vocab_size"):
             raise UserError(f"{model} has {sp.get_piece_size()} pieces, {meta_file} says {meta.get('vocab_size')}")
         for piece, idx in SPECIAL_IDS.items():

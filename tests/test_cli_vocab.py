@@ -106,7 +106,7 @@ def test_unknown_argument_is_a_usage_error(tmp_path):
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
-def test_write_error_leaves_nothing(tmp_path, monkeypatch, demo_corpus):
+def test_write_error_leaves_nothing(tmp_path, monkeypatch, capsys, demo_corpus):
     # An injected ENOSPC while the directory is being written: the error is one line
     # and no partial output is left under the final name.
     import errno
@@ -126,3 +126,158 @@ def test_write_error_leaves_nothing(tmp_path, monkeypatch, demo_corpus):
                      "--num-threads", "2"])
     assert code == 2
     assert _no_partial(tmp_path, "v")
+    # The error names the file under its final name, not the temporary directory it was written in.
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        f"kobert-pretrain: error: no space left on device while writing {tmp_path / 'v' / 'vocab.json'}"
+
+
+# ------------------------------------------------- why the text was missing (SentencePiece failures)
+
+LONG_LINE = "가나다라 " * 1400  # 19,600 UTF-8 bytes: over the default max_sentence_length of 16,384
+
+
+def _stderr_lines(result):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    return result.stderr.strip().splitlines()
+
+
+def test_a_single_overlong_line_is_named_as_the_cause(tmp_path):
+    (tmp_path / "one.txt").write_text(LONG_LINE + "\n", encoding="utf-8")
+    result = run_cli("vocab", "-i", tmp_path / "one.txt", "-o", tmp_path / "v")
+    assert _stderr_lines(result) == [
+        "kobert-pretrain: error: no text left to train on: all 1 UTF-8 line(s) are longer than "
+        "vocab.max_sentence_length=16384 bytes (one sentence per line expected)"]
+    assert _no_partial(tmp_path, "v")
+
+
+def test_cr_only_line_endings_are_named(tmp_path, demo_corpus):
+    mac = tmp_path / "mac.txt"
+    mac.write_bytes(demo_corpus.read_bytes().replace(b"\n", b"\r"))
+    result = run_cli("vocab", "--config", "configs/debug.toml", "-i", mac, "-o", tmp_path / "v")
+    assert _stderr_lines(result) == [
+        f"kobert-pretrain: error: no text left to train on: 1 file(s) use CR (classic Mac) line endings, e.g. {mac}, "
+        "and only \\n ends a line (convert them first, e.g. tr '\\r' '\\n'); all 1 UTF-8 line(s) are longer than "
+        "vocab.max_sentence_length=16384 bytes (one sentence per line expected)"]
+    assert _no_partial(tmp_path, "v")
+
+
+def test_whole_cp949_corpus_says_how_many_lines_were_undecodable(tmp_path, demo_corpus):
+    # The demo corpus in cp949: its 326 pure-ASCII lines (article numbers, dates) still decode as UTF-8.
+    cp949 = tmp_path / "cp949.txt"
+    cp949.write_bytes(demo_corpus.read_text(encoding="utf-8").encode("cp949", errors="replace"))
+    result = run_cli("vocab", "--config", "configs/debug.toml", "-i", cp949, "-o", tmp_path / "v")
+    [line] = _stderr_lines(result)
+    assert line.startswith("kobert-pretrain: error: corpus too small for --vocab-size 1000: it supports at most ")
+    assert line.endswith(" pieces; text was dropped: 2097 of 2423 line(s) are not valid UTF-8 (convert them first, "
+                         "e.g. iconv -f cp949 -t utf-8); lower --vocab-size or add text")
+    assert _no_partial(tmp_path, "v")
+
+
+def test_utf16_file_is_named(tmp_path, demo_corpus):
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_bytes(demo_corpus.read_text(encoding="utf-8").encode("utf-16"))
+    result = run_cli("vocab", "--config", "configs/debug.toml", "-i", utf16, "-o", tmp_path / "v")
+    assert _stderr_lines(result) == [
+        f"kobert-pretrain: error: no text left to train on: 1 file(s) are UTF-16, e.g. {utf16} "
+        "(convert them first, e.g. iconv -f utf-16 -t utf-8)"]
+
+
+def test_utf16_file_beside_good_text_is_skipped_with_a_warning(tmp_path, demo_corpus):
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_bytes(demo_corpus.read_text(encoding="utf-8").encode("utf-16"))
+    result = run_cli("vocab", "--config", "configs/debug.toml", "-i", demo_corpus, "-i", utf16, "-o", tmp_path / "v")
+    assert result.returncode == 0, result.stderr
+    assert (f"kobert-pretrain: warning: skipped 1 UTF-16 file(s), e.g. {utf16}; convert them first, "
+            "e.g. iconv -f utf-16 -t utf-8") in result.stderr.splitlines()
+    assert "1000 pieces from 2,423 sentences" in result.stderr
+
+
+def test_binary_garbage_warnings_come_before_the_error(tmp_path):
+    import numpy as np
+
+    (tmp_path / "garbage.bin").write_bytes(np.random.default_rng(0).bytes(100_000))
+    (tmp_path / "empty.txt").write_bytes(b"")
+    result = run_cli("vocab", "-i", tmp_path / "garbage.bin", "-i", tmp_path / "empty.txt", "-o", tmp_path / "v")
+    assert _stderr_lines(result) == [
+        f"kobert-pretrain: warning: skipped 1 empty file(s), e.g. {tmp_path / 'empty.txt'}",
+        "kobert-pretrain: error: no valid UTF-8 text in the inputs (393 undecodable lines skipped); "
+        "convert them first, e.g. iconv -f cp949 -t utf-8"]
+    assert _no_partial(tmp_path, "v")
+
+
+def test_too_small_corpus_also_names_dropped_lines(tmp_path):
+    (tmp_path / "small.txt").write_text(KOREAN * 10 + LONG_LINE + "\n", encoding="utf-8")
+    result = run_cli("vocab", "-i", tmp_path / "small.txt", "-o", tmp_path / "v")
+    [line] = _stderr_lines(result)
+    assert line.startswith("kobert-pretrain: error: corpus too small for --vocab-size 8002: it supports at most ")
+    assert line.endswith(" pieces; text was dropped: 1 of 21 UTF-8 line(s) are longer than "
+                         "vocab.max_sentence_length=16384 bytes (one sentence per line expected); "
+                         "lower --vocab-size or add text")
+
+
+def test_reading_counts_cr_nul_and_utf16(tmp_path):
+    from kobert_pretrain.text import ReadStats, iter_lines
+
+    (tmp_path / "a.txt").write_bytes(b"one\r\ntwo\r\n\r\nthree\n")  # CRLF: fine, not flagged
+    (tmp_path / "b.txt").write_bytes(b"x\ry\rz\n\x00\x01\n")       # CR inside a line; a NUL line
+    (tmp_path / "c.txt").write_bytes("가\n".encode("utf-16"))
+    stats = ReadStats()
+    paths = [tmp_path / n for n in ("a.txt", "b.txt", "c.txt")]
+    assert list(iter_lines(paths, stats)) == ["one", "two", "", "three", "", "x\ry\rz", "", ""]
+    assert (stats.lines, stats.blank_lines, stats.undecodable_lines) == (6, 1, 1)
+    assert stats.cr_files == [str(tmp_path / "b.txt")]
+    assert stats.utf16_files == [str(tmp_path / "c.txt")]
+    assert stats.bytes == sum(p.stat().st_size for p in paths)
+
+
+# ------------------------------------------------- output paths and full disks
+
+
+def test_out_below_a_regular_file(tmp_path, demo_corpus):
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"keep me")
+    assert_one_line_error(run_cli("vocab", "-i", demo_corpus, "-o", afile / "V"),
+                          f"--out {afile / 'V'}: {afile} is a file, not a directory")
+    assert afile.read_bytes() == b"keep me"
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs with 16 KiB left (needs root); unmounted afterwards."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        (mnt / "filler").write_bytes(b"\0" * (1024 - 16) * 1024)
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_full_disk_names_the_output_and_leaves_nothing(full_disk, demo_corpus):
+    assert_one_line_error(run_cli("vocab", "--config", "configs/debug.toml", "-i", demo_corpus, "-o", full_disk / "v"),
+                          f"kobert-pretrain: error: no space left on device while writing {full_disk / 'v'}")
+    assert_one_line_error(run_cli("demo-corpus", "--out", full_disk / "corpus.txt"),
+                          f"kobert-pretrain: error: no space left on device while writing {full_disk / 'corpus.txt'}")
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
+def test_os_errors_are_one_line():
+    import errno
+
+    from kobert_pretrain.cli import describe_os_error
+
+    assert describe_os_error(OSError(errno.ENOSPC, "No space left on device", "/data/v")) == \
+        "no space left on device while writing /data/v"
+    assert describe_os_error(OSError(errno.ENOSPC, "No space left on device")) == "no space left on device"
+    assert describe_os_error(OSError(errno.EACCES, "Permission denied", "/data/v")) == "Permission denied: /data/v"

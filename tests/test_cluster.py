@@ -112,6 +112,33 @@ def test_doctor_local_and_problems(tmp_path, debug_shards, debug_vocab):
     assert "shard directory not found" in bad.stdout and "GB free" in bad.stdout
 
 
+def test_doctor_run_dir_that_is_a_file(tmp_path):
+    afile = tmp_path / "corpus.txt"
+    afile.write_text("text\n")
+    for run_dir, blocker in ((afile, afile), (afile / "runs" / "base", afile)):
+        result = run_cli("doctor", "--local", "--run-dir", run_dir, "--min-free-gb", "0.001")
+        assert result.returncode == 1, result.stdout + result.stderr
+        row = result.stdout.strip().splitlines()[1]
+        assert row.rstrip().endswith(f"--run-dir {run_dir}: {blocker} is a file, not a directory"), row
+    assert afile.read_text() == "text\n"
+
+
+@pytest.mark.horovod
+def test_doctor_on_unknown_host_says_why_in_one_line(tmp_path):
+    import re
+
+    if not shutil.which("ssh"):
+        pytest.skip("needs an ssh client")
+    result = run_cli("doctor", "-H", "node-does-not-exist.invalid:2")
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    # horovodrun's traceback condensed to its message, with ssh's reason; none of its code lines.
+    assert re.fullmatch(r"kobert-pretrain: error: doctor got 0 of 1 host reports from horovodrun \(is passwordless "
+                        r"ssh set up, and the same venv path on every host\?\): RuntimeError: could not connect to "
+                        r"some hosts via ssh \(ssh: Could not resolve hostname node-does-not-exist\.invalid: .+\)",
+                        line), line
+
+
 @pytest.mark.horovod
 def test_doctor_on_every_host_of_a_hostfile(tmp_path, debug_shards):
     hostfile = tmp_path / "hosts"

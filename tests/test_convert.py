@@ -19,6 +19,7 @@ from kobert_pretrain.errors import UserError  # noqa: E402
 from kobert_pretrain.train import train  # noqa: E402
 
 from conftest import SHARED_CORPUS, run_cli, train_config  # noqa: E402
+from test_cli_vocab import full_disk  # noqa: E402,F401  (a fixture: a nearly full 1 MiB tmpfs)
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +222,57 @@ def test_tokenizer_parity_for_other_vocab_settings(tmp_path, demo_corpus, fields
     lines = _korean_lines() + [ln for ln in corpus.read_text(encoding="utf-8").splitlines() if ln][:100]
     for line in lines:
         assert tokenizer(line, add_special_tokens=False)["input_ids"] == sp.encode(line), (fields, line)
+
+
+def test_release_file_modes_follow_the_umask(release, trained, tmp_path):
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in release.iterdir()} == \
+        {p.name: 0o666 & ~mask for p in release.iterdir()}
+    out = tmp_path / "hf"
+    result = subprocess.run([sys.executable, "-m", "kobert_pretrain", "convert", str(trained), "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, preexec_fn=lambda: os.umask(0o027))
+    assert result.returncode == 0, result.stderr[-2000:]
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o640}, modes
+
+
+def test_vocab_option_is_used_or_refused_never_ignored(tmp_path, trained, demo_corpus):
+    from conftest import assert_one_line_error
+
+    out = tmp_path / "out"
+    assert_one_line_error(run_cli("convert", trained, "--vocab", tmp_path / "nope", "--out", out),
+                          f"kobert-pretrain: error: --vocab {tmp_path / 'nope'} does not exist; "
+                          "give the directory `vocab --out` wrote")
+    assert_one_line_error(run_cli("convert", trained, "--vocab", demo_corpus, "--out", out),
+                          f"kobert-pretrain: error: {demo_corpus} is a file, not a vocab directory")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_cli("convert", trained, "--vocab", tmp_path / "empty", "--out", out),
+                          f"kobert-pretrain: error: {tmp_path / 'empty'} is not a kobert-pretrain vocab directory")
+    assert not out.exists()
+
+
+def test_source_or_out_that_is_a_file(tmp_path, trained, demo_corpus):
+    from conftest import assert_one_line_error
+
+    assert_one_line_error(run_cli("convert", demo_corpus, "--out", tmp_path / "out"),
+                          f"kobert-pretrain: error: {demo_corpus} is a file, not a run or checkpoint directory")
+    (tmp_path / "afile").write_text("x")
+    assert_one_line_error(run_cli("convert", trained, "--out", tmp_path / "afile" / "hf"),
+                          f"--out {tmp_path / 'afile' / 'hf'}: {tmp_path / 'afile'} is a file, not a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_full_disk_leaves_nothing(full_disk, trained):
+    from conftest import assert_one_line_error
+
+    assert_one_line_error(run_cli("convert", trained, "--out", full_disk / "hf", "--onnx"),
+                          f"kobert-pretrain: error: no space left on device while writing {full_disk / 'hf'}")
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]

@@ -30,12 +30,101 @@ def test_hostfile_with_comments_and_blank_lines(tmp_path):
 
 
 @pytest.mark.parametrize("text,line", [("node1 slots=8\nnode2 slots=x\n", 2), ("\n# c\nnode1 8 9\n", 3),
-                                       ("node1 slots=0\n", 1)])
+                                       ("node1 slots=0\n", 1), ("node1 slots=1025\n", 1),
+                                       ("# c\nnode1 slots=99999999999999999999\n", 2),
+                                       ("node1 slots=4\nnode2\n\nnode1:4\n", 4)])
 def test_bad_hostfile_lines_are_named(tmp_path, text, line):
     f = tmp_path / "hosts"
     f.write_text(text)
     with pytest.raises(UserError, match=f"line {line}"):
         parse_hostfile(f)
+
+
+def test_duplicate_hosts_and_absurd_slots_are_explained(tmp_path):
+    f = tmp_path / "hosts"
+    f.write_text("node1 slots=4\n# again\nnode1 slots=4\n")
+    with pytest.raises(UserError) as caught:
+        parse_hostfile(f)
+    assert str(caught.value) == (f"hostfile {f} line 3: host node1 is already listed on line 1; "
+                                 "list each host once, with all its slots")
+    f.write_text("node1 slots=99999999999999999999\n")
+    with pytest.raises(UserError) as caught:
+        parse_hostfile(f)
+    assert str(caught.value) == (f"hostfile {f} line 1: slots must be between 1 and 1024, got 99999999999999999999 "
+                                 "in 'node1 slots=99999999999999999999'")
+    with pytest.raises(UserError) as caught:
+        parse_hosts("a:2,b:2,a:1")
+    assert str(caught.value) == "-H 'a:2,b:2,a:1': host a is listed twice; list each host once, with all its slots"
+    with pytest.raises(UserError, match="slots must be between 1 and 1024, got 2000 in 'b:2000'"):
+        parse_hosts("a:2,b:2000")
+    assert parse_hosts("a:1024") == [("a", 1024)]
+
+
+# horovodrun's output when a rank exits with status 2 (Horovod 0.28.1, Gloo), abridged in the middle.
+HOROVODRUN_USER_ERROR = """\
+[0]<stderr>:kobert-pretrain: error: invalid config: train.max_steps: expected an integer, got 'abc'
+Process 0 exit with status code 2.
+Terminating remaining workers after failure of Process 0.
+Traceback (most recent call last):
+  File "/venv/bin/horovodrun", line 8, in <module>
+    sys.exit(run_commandline())
+             ^^^^^^^^^^^^^^^^^
+  File "/venv/lib/python3.11/site-packages/horovod/runner/gloo_run.py", line 284, in launch_gloo
+    raise RuntimeError('Horovod detected that one or more processes exited with non-zero '
+RuntimeError: Horovod detected that one or more processes exited with non-zero status, thus causing the job \
+to be terminated. The first process to do so was:
+Process name: 0
+Exit code: 2
+
+[1]<stderr>:a rank line after the traceback
+"""
+
+
+def test_horovodrun_traceback_is_held_back_and_condensed():
+    from kobert_pretrain.launch import LauncherTraceback
+
+    launcher = LauncherTraceback()
+    shown = [ln for ln in HOROVODRUN_USER_ERROR.splitlines(keepends=True) if launcher.feed(ln)]
+    assert "".join(shown) == (
+        "[0]<stderr>:kobert-pretrain: error: invalid config: train.max_steps: expected an integer, got 'abc'\n"
+        "Process 0 exit with status code 2.\n"
+        "Terminating remaining workers after failure of Process 0.\n"
+        "[1]<stderr>:a rank line after the traceback\n")
+    assert launcher.summary() == (
+        "RuntimeError: Horovod detected that one or more processes exited with non-zero status, thus causing the job "
+        "to be terminated. The first process to do so was: Process name: 0 Exit code: 2")
+    keep = LauncherTraceback(keep=True)
+    assert all(keep.feed(ln) for ln in HOROVODRUN_USER_ERROR.splitlines(keepends=True))
+    assert keep.summary() is None
+    assert LauncherTraceback().summary() is None
+
+
+def test_doctor_condenses_horovodrun_failures():
+    from kobert_pretrain.doctor import horovodrun_failure
+
+    ssh = ("ssh not successful for host node9:\nssh: Could not resolve hostname node9: Name or service not known\n\n"
+           "Traceback (most recent call last):\n  File \"/venv/bin/horovodrun\", line 8, in <module>\n"
+           "    sys.exit(run_commandline())\nRuntimeError: could not connect to some hosts via ssh\n")
+    assert horovodrun_failure(ssh) == ("RuntimeError: could not connect to some hosts via ssh "
+                                       "(ssh: Could not resolve hostname node9: Name or service not known)")
+    assert horovodrun_failure("some output\nlast words\n") == "last words"
+    assert horovodrun_failure("") == "no output"
+
+
+@pytest.mark.horovod
+def test_launch_user_error_shows_the_rank_error_without_horovodrun_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "kobert_pretrain", "launch", "-np", "1", "-H", "localhost:1",
+                             "--", "train", "--config", "configs/debug.toml", "--shards", str(tmp_path / "s"),
+                             "--out", str(tmp_path / "r"), "--train.max_steps=abc"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("launch: attempt 1: ")
+    assert lines[1:] == [
+        "[0]<stderr>:kobert-pretrain: error: invalid config: train.max_steps: expected an integer, got 'abc'",
+        "Process 0 exit with status code 2.",
+        "Terminating remaining workers after failure of Process 0.",
+        "launch: the job failed on a user error (status 2, see above); restarting would not help"]
 
 
 def test_extra_horovodrun_arguments_are_passed(tmp_path):

@@ -136,6 +136,56 @@ def test_load_refuses_a_modified_model(tmp_path, debug_vocab):
         Vocab.load(tmp_path)
 
 
+def _copy_with_model(tmp_path, debug_vocab, model_bytes):
+    """A copy of the vocabulary whose spm.model is `model_bytes`, with vocab.json's sha256 updated to match."""
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in debug_vocab.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    (copy / "spm.model").write_bytes(model_bytes)
+    meta = json.loads((copy / "vocab.json").read_text(encoding="utf-8"))
+    meta["spm_model_sha256"] = sha256_file(copy / "spm.model")
+    (copy / "vocab.json").write_text(json.dumps(meta), encoding="utf-8")
+    return copy
+
+
+def test_load_refuses_a_malformed_model_with_a_matching_checksum(tmp_path, debug_vocab):
+    copy = _copy_with_model(tmp_path, debug_vocab, b"not a protobuf" * 10)
+    with pytest.raises(UserError) as caught:
+        Vocab.load(copy)
+    assert str(caught.value) == (f"{copy / 'spm.model'} is not a valid SentencePiece model (INTERNAL: could not "
+                                 "parse ModelProto); rebuild the vocabulary with `kobert-pretrain vocab`")
+
+
+def test_stages_report_a_malformed_model_in_one_line(tmp_path, debug_vocab, demo_corpus):
+    from conftest import assert_one_line_error, run_cli
+
+    copy = _copy_with_model(tmp_path, debug_vocab, b"not a protobuf" * 10)
+    before = {f.name: sha256_file(f) for f in copy.iterdir()}
+    result = run_cli("shards", "--config", "configs/debug.toml", "-i", demo_corpus, "--vocab", copy,
+                     "--out", tmp_path / "s")
+    assert_one_line_error(result, f"{copy / 'spm.model'} is not a valid SentencePiece model")
+    assert not (tmp_path / "s").exists()
+    doctor = run_cli("doctor", "--local", "--vocab", copy)
+    assert doctor.returncode == 1 and "Traceback" not in doctor.stderr, doctor.stderr
+    assert f"{copy / 'spm.model'} is not a valid SentencePiece model" in doctor.stdout.splitlines()[1]
+    assert {f.name: sha256_file(f) for f in copy.iterdir()} == before
+
+
+def test_load_of_a_file_says_it_is_a_file(tmp_path, demo_corpus):
+    from conftest import assert_one_line_error, run_cli
+
+    with pytest.raises(UserError) as caught:
+        Vocab.load(demo_corpus)
+    assert str(caught.value) == f"{demo_corpus} is a file, not a vocab directory (give the directory `vocab --out` wrote)"
+    with pytest.raises(UserError, match="vocab directory not found"):
+        Vocab.load(tmp_path / "nope")
+    assert_one_line_error(run_cli("shards", "--config", "configs/debug.toml", "-i", demo_corpus, "--vocab", demo_corpus,
+                                  "--out", tmp_path / "s"),
+                          f"kobert-pretrain: error: {demo_corpus} is a file, not a vocab directory")
+    assert not (tmp_path / "s").exists()
+
+
 def test_reservoir_sample_is_uniform_and_seeded():
     from kobert_pretrain.vocab import reservoir_sample
 

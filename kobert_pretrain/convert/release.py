@@ -22,7 +22,7 @@ from kobert_pretrain.checkpoint import find_checkpoint
 from kobert_pretrain.config import ConvertConfig
 from kobert_pretrain.convert.keymap import convert_state
 from kobert_pretrain.errors import ConfigError, UserError
-from kobert_pretrain.fsutil import atomic_output_dir, ensure_free_output_dir
+from kobert_pretrain.fsutil import atomic_output_dir, default_file_mode, ensure_free_output_dir
 from kobert_pretrain.model import ModelShape, build_model
 from kobert_pretrain.vocab import CLS, MASK, PAD, SEP, SPECIAL_IDS, UNK, Vocab
 
@@ -33,15 +33,19 @@ def convert(cfg: ConvertConfig) -> Path:
         raise ConfigError(problems)
     out = Path(cfg.out)
     ensure_free_output_dir(out, "convert")
+    if Path(cfg.source).is_file():
+        raise UserError(f"{cfg.source} is a file, not a run or checkpoint directory")
     ckpt = find_checkpoint(cfg.source)
-    state = ckpt.state()
+    state = ckpt.training_state()
     shape = ModelShape(**state["model_shape"])
     vocab = _vocab(cfg, state)
     try:
         import torch  # noqa: F401
-        import transformers  # noqa: F401
+        import transformers
     except ImportError as e:
         raise UserError(f"conversion needs the convert extra ({e}): pip install -e '.[convert]'") from None
+    # save_pretrained's "Writing model shards" bar would precede every error line and the final report.
+    transformers.utils.logging.disable_progress_bar()
 
     params = _gluon_params(ckpt.path / "model.params")
     with atomic_output_dir(out, "convert") as tmp:
@@ -58,6 +62,11 @@ def convert(cfg: ConvertConfig) -> Path:
             report["pytorch_vs_onnx"] = export_onnx(model, shape, tmp / "model.onnx", cfg)
         (tmp / "conversion_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(model_card(ckpt, state, shape, report), encoding="utf-8")
+        # safetensors creates model.safetensors with mode 0600; a release is read by others like its other files.
+        mode = default_file_mode()
+        for f in tmp.iterdir():
+            if f.is_file():
+                f.chmod(mode)
     worst = max(v for section in ("mxnet_vs_pytorch", "pytorch_vs_onnx") for v in report.get(section, {}).values())
     print(f"convert: step {state['step']} -> {out} (largest difference {worst:.2e}, tolerance {cfg.tolerance:g})",
           file=sys.stderr)
@@ -65,7 +74,12 @@ def convert(cfg: ConvertConfig) -> Path:
 
 
 def _vocab(cfg: ConvertConfig, state: dict) -> Vocab:
-    candidates = [cfg.vocab] if cfg.vocab else []
+    if cfg.vocab:
+        # The user's choice, or an error: never a silent fall-back to the run's vocabulary.
+        if not Path(cfg.vocab).exists():
+            raise UserError(f"--vocab {cfg.vocab} does not exist; give the directory `vocab --out` wrote")
+        return _matching_vocab(cfg.vocab, state)
+    candidates = []
     train = state.get("config", {}).get("train", {})
     if train.get("vocab"):
         candidates.append(train["vocab"])
@@ -74,11 +88,16 @@ def _vocab(cfg: ConvertConfig, state: dict) -> Vocab:
         candidates.append(json.loads((Path(shards) / "index.json").read_text())["config"].get("vocab", ""))
     for candidate in candidates:
         if candidate and Path(candidate).is_dir():
-            vocab = Vocab.load(candidate)
-            if vocab.sha256 != state["vocab_sha256"]:
-                raise UserError(f"vocabulary {candidate} is not the one this checkpoint was trained with")
-            return vocab
-    raise UserError("cannot find the run's vocabulary directory: pass --vocab DIR")
+            return _matching_vocab(candidate, state)
+    raise UserError("cannot find the run's vocabulary directory (recorded: "
+                    + (", ".join(c for c in candidates if c) or "none") + "): pass --vocab DIR")
+
+
+def _matching_vocab(path: str, state: dict) -> Vocab:
+    vocab = Vocab.load(path)
+    if vocab.sha256 != state["vocab_sha256"]:
+        raise UserError(f"vocabulary {path} is not the one this checkpoint was trained with")
+    return vocab
 
 
 def _gluon_params(path: Path) -> dict[str, np.ndarray]:
