@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,16 +185,21 @@ class CheckpointManager:
         damaged = []
         for path in candidates:
             ckpt, reason = self.check(path)
-            if ckpt is not None:
-                return ckpt
-            kept = path
-            if set_aside and self.is_writer:
-                kept = _set_aside(path)
-            damaged.append(f"{path.name} ({reason})")
-            if report:
-                where = f"moved to {kept.name} for inspection" if kept != path else "left in place for inspection"
-                warn(f"checkpoint {path} is damaged: {reason}; {where}; trying the one before it")
+            if ckpt is None:
+                damaged.append((path, reason))
+                continue
+            # Only now, with an intact checkpoint to resume from, are the damaged ones moved aside:
+            # a run that refuses to start (none intact) must leave the directory exactly as it was.
+            for bad, why in damaged:
+                kept = _set_aside(bad) if set_aside and self.is_writer else bad
+                if report:
+                    where = f"moved to {kept.name} for inspection" if kept != bad else "left in place for inspection"
+                    warn(f"checkpoint {bad} is damaged: {why}; {where}; using {path.name}")
+            return ckpt
+        if not damaged and set_aside and self.dir.is_dir():
+            damaged = [(p, "set aside earlier") for p in sorted(self.dir.glob(f"step-*{DAMAGED}*"))]
         if damaged:
+            damaged = [f"{p.name} ({why})" for p, why in damaged]
             advice = (f": starting over would discard the run; restore a checkpoint or move {self.dir} away "
                       "to start from step 0") if set_aside else ""
             raise UserError(f"none of the {len(damaged)} checkpoint(s) in {self.dir} is intact ("
@@ -215,7 +221,32 @@ class CheckpointManager:
         ckpt, reason = self.check(path)
         if ckpt is None:
             raise UserError(f"--resume {resume}: not a complete checkpoint ({reason})")
+        if self.is_writer:
+            self._supersede_after(ckpt)
         return ckpt
+
+    def _supersede_after(self, ckpt: Checkpoint) -> None:
+        """Resuming from an older checkpoint starts a new history: move the newer checkpoints (and the
+        metrics that went with them) to checkpoints/superseded-TIME/ instead of overwriting them later,
+        and so that `--resume auto` after a crash can never pick a step of the abandoned history."""
+        newer = [p for p in self._candidates() if int(_NAME.match(p.name).group(1)) > ckpt.step
+                 and p.resolve() != ckpt.path.resolve()]
+        if not newer:
+            return
+        target = self.dir / time.strftime("superseded-%Y%m%d-%H%M%S")
+        n = 1
+        while target.exists():
+            target = target.with_name(f"{target.name.split('.')[0]}.{n}")
+            n += 1
+        target.mkdir(parents=True)
+        for path in newer:
+            os.rename(path, target / path.name)
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.is_file():
+            shutil.copy2(metrics, target / "metrics.jsonl")
+        fsync_dir(self.dir)
+        warn(f"resuming from {ckpt.path.name}: the {len(newer)} newer checkpoint(s) of the previous history "
+             f"({', '.join(p.name for p in reversed(newer))}) and its metrics moved to {target}")
 
 
 def find_checkpoint(source: str | Path) -> Checkpoint:

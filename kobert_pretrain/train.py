@@ -129,6 +129,18 @@ class Phase:
 
 class Trainer:
     def __init__(self, cfg: Config, resume: str = "auto"):
+        # SIGTERM/SIGUSR1 from here on, set-up included, mean "checkpoint and exit 75" (never a bare 143).
+        self._preempt_signal: str | None = None
+        self._lock = None
+        self._signals = Trainer._Signals(self).__enter__()
+        try:
+            self._init(cfg, resume)
+        except BaseException:
+            self._release_lock()
+            self._signals.__exit__(None, None, None)
+            raise
+
+    def _init(self, cfg: Config, resume: str) -> None:
         distributed.configure_cpu_threads()
         import mxnet as mx
 
@@ -210,12 +222,18 @@ class Trainer:
 
         self.ctx = mx.gpu(self.dist.local_rank) if self._device_kind() == "gpu" else mx.cpu()
         self._tb = None
-        self._lock = _lock_run_dir(self.run_dir) if self.is_root else None
-        try:
-            self._set_up(resume)
-        except BaseException:
-            self._release_lock()
-            raise
+        lock_error = None
+        if self.is_root:
+            try:
+                self._lock = _lock_run_dir(self.run_dir)
+            except UserError as e:
+                lock_error = e
+        # Horovod: only rank 0 takes the lock, so every rank must learn whether it got it.
+        if self.dist.enabled and self.dist.allreduce_sum(np.array([lock_error is not None]), "setup.lock")[0]:
+            raise lock_error or UserError(f"{self.run_dir} is in use by another training process (see rank 0)")
+        if lock_error is not None:
+            raise lock_error
+        self._set_up(resume)
 
     def _set_up(self, resume: str) -> None:
         cfg, tc = self.cfg, self.cfg.train
@@ -232,7 +250,6 @@ class Trainer:
         self._pending_data_state = None
         self._last_saved_step = -1
         self._last_save_time = time.time()
-        self._preempt_signal: str | None = None
         self._build_model()
         self.resumed_from = self._resume(resume)
         self._window = _Window()
@@ -389,18 +406,17 @@ class Trainer:
         tc = self.cfg.train
         stop = min(tc.max_steps, until if until is not None else tc.max_steps)
         self._log_start()
-        with self._preemption_signals():
-            while self.step < stop:
-                metrics = self.train_step()
-                self.step += 1
-                self._log_step(metrics)
-                if self._eval_due():
-                    self.evaluate()
-                preempt, save_now = self._agree_on_stop_and_save()
-                if preempt or save_now:
-                    path = self.save()
-                    if preempt:
-                        raise Preempted(self._preempt_signal or "a signal on another rank", self.step, path)
+        while self.step < stop:
+            metrics = self.train_step()
+            self.step += 1
+            self._log_step(metrics)
+            if self._eval_due():
+                self.evaluate()
+            preempt, save_now = self._agree_on_stop_and_save()
+            if preempt or save_now:
+                path = self.save()
+                if preempt:
+                    raise Preempted(self._preempt_signal or "a signal on another rank", self.step, path)
         if self.step == tc.max_steps and self.eval_set is not None and not self._eval_due():
             self.evaluate()
         if self._last_saved_step != self.step:
@@ -565,8 +581,6 @@ class Trainer:
             for sig, previous in self.previous.items():
                 signal.signal(sig, previous)
 
-    def _preemption_signals(self):
-        return Trainer._Signals(self)
 
     def state_dict(self) -> dict:
         # The data cursor of the phase the next step reads from (none yet if that phase has not started).
@@ -690,6 +704,7 @@ class Trainer:
             except OSError as e:  # a full disk must not hide the error that ended the run
                 warn(f"could not finish the TensorBoard event file: {e.strerror or e}")
         self._release_lock()
+        self._signals.__exit__(None, None, None)
 
     def _release_lock(self) -> None:
         if self._lock is not None:

@@ -65,7 +65,8 @@ def test_corrupt_newest_falls_back_to_previous_and_is_kept(tmp_path, damage, cap
     chosen = manager.resolve("auto")
     assert chosen.step == 1
     err = capsys.readouterr().err
-    assert f"step-00000002 is damaged: {reason}; moved to step-00000002.damaged for inspection" in err
+    assert f"step-00000002 is damaged: {reason}; moved to step-00000002.damaged for inspection; " \
+           "using step-00000001" in err
     # Set aside, never deleted, and out of the way of the resumed run saving step 2 again
     kept = newest.with_name("step-00000002.damaged")
     assert not newest.exists() and (kept / "model.params").is_file()
@@ -78,11 +79,31 @@ def test_no_intact_checkpoint_refuses_to_start_over(tmp_path):
     manager = CheckpointManager(tmp_path, keep_last=5)
     only = manager.save(1, _writer(b"one" * 100), {"step": 1})
     (only / "model.params").write_bytes(b"x")
-    with pytest.raises(UserError, match=r"none of the 1 checkpoint\(s\) in .* is intact \(step-00000001 "
-                                        r"\(model.params has 1 bytes, 300 expected\)\): starting over would "
-                                        r"discard the run"):
-        manager.resolve("auto")
-    assert (tmp_path / "checkpoints" / "step-00000001.damaged" / "model.params").read_bytes() == b"x"
+    for _ in range(2):  # refusing changes nothing, so asking again refuses again
+        with pytest.raises(UserError, match=r"none of the 1 checkpoint\(s\) in .* is intact \(step-00000001 "
+                                            r"\(model.params has 1 bytes, 300 expected\)\): starting over "
+                                            r"would discard the run"):
+            manager.resolve("auto")
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000001"]
+    assert (only / "model.params").read_bytes() == b"x"
+
+
+def test_resuming_an_older_checkpoint_supersedes_the_newer_ones(tmp_path, capsys):
+    manager = CheckpointManager(tmp_path, keep_last=5)
+    for step in (5, 10, 15, 20):
+        manager.save(step, _writer(f"s{step}".encode()), {"step": step})
+    (tmp_path / "metrics.jsonl").write_text('{"step": 20}\n')
+    chosen = manager.resolve(str(tmp_path / "checkpoints" / "step-00000010"))
+    assert chosen.step == 10
+    superseded = next((tmp_path / "checkpoints").glob("superseded-*"))
+    assert sorted(p.name for p in superseded.iterdir()) == ["metrics.jsonl", "step-00000015", "step-00000020"]
+    assert (superseded / "step-00000020" / "model.params").read_bytes() == b"s20"
+    assert manager.latest().step == 10  # a crash now resumes the new history, never the abandoned one
+    assert "the 2 newer checkpoint(s) of the previous history (step-00000015, step-00000020)" in capsys.readouterr().err
+    manager.save(15, _writer(b"new"), {"step": 15})
+    manager.save(20, _writer(b"new"), {"step": 20})
+    manager.save(25, _writer(b"new"), {"step": 25})
+    assert (superseded / "step-00000020" / "model.params").read_bytes() == b"s20"  # retention never reaches it
 
 
 def test_disk_full_keeps_the_previous_checkpoint(tmp_path):

@@ -93,3 +93,20 @@ def test_run_config_records_absolute_paths(tmp_path, debug_shards, monkeypatch):
     train(train_config(debug_shards.name, tmp_path / "run", "--train.max_steps=1"))
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert recorded["shards"] == str(debug_shards) and recorded["out"] == str(tmp_path / "run")
+
+
+def test_a_signal_during_set_up_still_means_checkpoint_and_exit_75(tmp_path, debug_shards):
+    import os
+    import signal
+
+    from kobert_pretrain.train import Preempted
+
+    previous = signal.getsignal(signal.SIGTERM)
+    trainer = Trainer(train_config(debug_shards, tmp_path / "run", "--train.max_steps=20"))
+    os.kill(os.getpid(), signal.SIGTERM)  # before the first step: caught, not fatal
+    with pytest.raises(Preempted) as info:
+        trainer.run()
+    trainer.close()
+    assert info.value.signal_name == "SIGTERM" and info.value.step == 1
+    assert CheckpointManager(tmp_path / "run").latest().step == 1
+    assert signal.getsignal(signal.SIGTERM) is previous  # close() restores the handlers
