@@ -7,7 +7,9 @@ with the same interface, so no stage needs Horovod to run on one machine.
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,4 +77,31 @@ def init() -> Dist:
         raise UserError(f"running under horovodrun, but horovod.mxnet cannot be imported ({e}): run `make install`") from None
     # Horovod: initialise, then read this process's place in the job.
     hvd.init()
+    # hvd.init() registers Horovod's shutdown with atexit; registered after it, this runs before it.
+    atexit.register(_finish_pending_work)
     return Dist(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(), local_size=hvd.local_size(), hvd=hvd)
+
+
+def _finish_pending_work() -> None:
+    """At exit, wait for MXNet's pending operations while Horovod still runs.
+
+    Horovod's collectives run asynchronously in MXNet's engine: `broadcast_parameters` returns before
+    the broadcast is done. A rank that stops soon after (a refused resume, a run already at
+    max_steps) exits with them still queued. atexit runs Horovod's shutdown (registered by
+    hvd.init()) before MXNet's `_notify_shutdown` (registered when mxnet is imported), so the
+    queued collectives failed with "Horovod has been shut down" and MXNet's engine drain raised it
+    as an "Exception ignored in atexit callback" traceback on every rank. Waiting here first lets
+    them finish (or fail) while Horovod is up, and clears the engine's recorded errors.
+    """
+    import mxnet as mx
+
+    try:
+        mx.nd.waitall()
+    except mx.base.MXNetError as e:
+        # Another rank stopped first and took Horovod down with it: expected when a job ends on an
+        # error, and that error has been reported already. Anything else is worth one line.
+        message = str(e).strip()
+        if "Horovod has been shut down" not in message:
+            first_line = message.splitlines()[0] if message else type(e).__name__
+            print(f"kobert-pretrain: warning: unfinished work failed at exit: {first_line[:300]}",
+                  file=sys.stderr, flush=True)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -136,12 +137,63 @@ def check_parents_are_dirs(path: Path, flag: str) -> None:
             return
 
 
+def process_namespace_tag() -> str:
+    """Names the processes whose pids this process can see: the hostname, plus the pid namespace.
+
+    Two containers may share a hostname (docker --network host) and a mounted volume while each
+    has its own pids; the namespace's inode tells them apart where /proc shows it.
+    """
+    tag = socket.gethostname() or "localhost"
+    with contextlib.suppress(OSError):
+        tag += f"_pidns{os.stat('/proc/self/ns/pid').st_ino}"
+    return tag
+
+
+def temporary_prefix(out: Path) -> str:
+    """`.OUT.tmp-HOST_pidnsN-`: the name of `out`'s temporary sibling, less the pid that ends it."""
+    return f".{out.name}.tmp-{process_namespace_tag()}-"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists here (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # exists but is not ours; or a pid we cannot ask about: keep its directory
+    return True
+
+
+def remove_stale_temporaries(parent: Path, prefix: str) -> list[Path]:
+    """Remove `parent/{prefix}PID` directories whose process is gone (killed with SIGKILL, a crash).
+
+    Only names with exactly this prefix are touched: on a shared filesystem another host (or
+    container) may be building the same output, and its pids mean nothing here. Returns the removed.
+    """
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = entry.name[len(prefix):]
+        if not entry.name.startswith(prefix) or not pid.isdigit() or not pid.isascii():
+            continue
+        if int(pid) in (0, os.getpid()) or pid_alive(int(pid)) or not entry.is_dir() or entry.is_symlink():
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | os.PathLike, what: str) -> Iterator[Path]:
     """Yield a temporary directory that becomes `out` only if the block succeeds.
 
     `out` must not exist or be empty. On any error the temporary directory is
-    removed and `out` is left as it was.
+    removed and `out` is left as it was. Temporary siblings of `out` left by processes of this
+    host that died without cleaning up (kill -9) are removed first.
     """
     out = Path(out)
     ensure_free_output_dir(out, what)
@@ -149,7 +201,9 @@ def atomic_output_dir(out: str | os.PathLike, what: str) -> Iterator[Path]:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create {out.parent}: {e.strerror}") from None
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    prefix = temporary_prefix(out)
+    remove_stale_temporaries(out.parent, prefix)
+    tmp = out.with_name(f"{prefix}{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:

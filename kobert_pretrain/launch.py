@@ -148,7 +148,9 @@ class Supervisor:
     def __init__(self, cfg: LaunchConfig):
         if not cfg.command or cfg.command[0] != "train":
             raise UserError("launch runs a training job: kobert-pretrain launch -np N -H ... -- train ARGS")
-        if cfg.num_proc < 1 or cfg.num_proc > sum(s for _, s in cfg.hosts):
+        if cfg.num_proc < 1:
+            raise UserError(f"-np must be at least 1, got {cfg.num_proc}")
+        if cfg.num_proc > sum(s for _, s in cfg.hosts):
             raise UserError(f"-np {cfg.num_proc} does not fit the {sum(s for _, s in cfg.hosts)} slot(s) of the hosts")
         problems = [f"{flag} {value:g} must be >= {least}" for flag, value, least in (
             ("--max-restarts", cfg.max_restarts, 0), ("--backoff", cfg.backoff_s, 0),
@@ -195,7 +197,7 @@ class Supervisor:
             cause = _describe(code, failure)
             if attempt >= self.cfg.max_restarts:
                 self.log(f"job failed after {seconds:.1f}s ({cause}); no restarts left ({self.cfg.max_restarts} used)")
-                return code or 1
+                return exit_status(code)
             attempt += 1
             delay = min(self.cfg.max_backoff_s, self.cfg.backoff_s * 2 ** (attempt - 1))
             self.log(f"job failed after {seconds:.1f}s ({cause}); restart {attempt}/{self.cfg.max_restarts} "
@@ -297,8 +299,24 @@ def is_rank_process(cmdline: list[str]) -> bool:
     return cmdline[1:4] == ["-m", "kobert_pretrain", "train"]
 
 
+def exit_status(code: int) -> int:
+    """launch's status for a failed job whose horovodrun ended with `code` (Popen's, negative for a signal).
+
+    A horovodrun killed by signal N gives 128 + N, as a shell reports it (137 for SIGKILL); the
+    same convention `_describe` reads in a rank's status. sys.exit(-9) would have exited with 247.
+    """
+    if code < 0:
+        return 128 - code
+    return code or 1
+
+
 def _describe(code: int, failure: tuple[str, int] | None) -> str:
     if failure is None:
+        if code < 0:
+            try:
+                return f"horovodrun was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"horovodrun was killed by signal {-code}"
         return f"horovodrun exited with status {code}"
     rank, status = failure
     if status > 128:

@@ -14,7 +14,7 @@ import pytest
 from kobert_pretrain.errors import UserError
 from kobert_pretrain.launch import _with_resume_auto, clean_hostfile, is_rank_process, parse_hostfile, parse_hosts
 
-from conftest import ROOT, final_params, read_metrics
+from conftest import ROOT, assert_one_line_error, final_params, read_metrics, run_cli
 from test_horovod_shards import horovodrun
 
 TRAIN = ["--config", "configs/debug.toml", "--train.max_steps=40", "--log.interval=1", "--checkpoint.interval=4",
@@ -235,3 +235,39 @@ def test_resume_with_another_number_of_ranks(tmp_path, debug_shards):
     steps = [r["step"] for r in read_metrics(run)]
     assert steps == list(range(1, 41))
     assert all(np.isfinite(v).all() for v in final_params(run).values())
+
+
+@pytest.mark.parametrize("np_,message", [("0", "-np must be at least 1, got 0"),
+                                         ("-3", "-np must be at least 1, got -3"),
+                                         ("3", "-np 3 does not fit the 2 slot(s) of the hosts")])
+def test_np_out_of_range_is_a_one_line_error(tmp_path, np_, message):
+    result = run_cli("launch", "-np", np_, "-H", "localhost:2", "--", "train", "--config", "configs/debug.toml",
+                     "--out", tmp_path / "r")
+    assert_one_line_error(result)
+    assert result.stderr.strip() == f"kobert-pretrain: error: {message}"
+
+
+def test_a_horovodrun_killed_by_a_signal_gives_128_plus_the_signal():
+    from kobert_pretrain.launch import _describe, exit_status
+
+    assert exit_status(-signal.SIGKILL) == 137
+    assert exit_status(-signal.SIGTERM) == 143
+    assert exit_status(1) == 1
+    assert _describe(-signal.SIGKILL, None) == "horovodrun was killed by SIGKILL"
+    assert _describe(1, None) == "horovodrun exited with status 1"
+    assert _describe(1, ("1", 137)) == "rank 1 exited first, killed by SIGKILL"
+
+
+@pytest.mark.horovod
+def test_sigkill_to_horovodrun_without_restarts_left_exits_137(tmp_path, debug_shards):
+    run = tmp_path / "run"
+    proc = start_launch(debug_shards, run, "localhost:2", "--max-restarts", "0")
+    wait_for_step(run, 2)
+    horovodruns = [c for c in psutil.Process(proc.pid).children() if "horovodrun" in " ".join(c.cmdline())]
+    assert len(horovodruns) == 1
+    horovodruns[0].send_signal(signal.SIGKILL)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGKILL, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("launch: job failed after ") and last.endswith(
+        "s (horovodrun was killed by SIGKILL); no restarts left (0 used)"), out[-3000:]

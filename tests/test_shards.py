@@ -147,6 +147,18 @@ def test_documents_input_format(tmp_path, debug_vocab, demo_corpus):
     assert index["num_sentences"] > 2 * len(docs)
 
 
+def test_split_sentences_full_and_half_width_stops():
+    from kobert_pretrain.shards.documents import split_sentences
+
+    # ． (U+FF0E) and ｡ (U+FF61) end sentences like . and 。; full-width closers may follow.
+    assert split_sentences("첫 문장이다． 둘째 문장이다｡ 셋째。 넷째？ 다섯째！ 끝") == [
+        "첫 문장이다．", "둘째 문장이다｡", "셋째。", "넷째？", "다섯째！", "끝"]
+    assert split_sentences("（그렇다．） ＂맞다．＂ ｢좋다｡｣ 다음") == ["（그렇다．）", "＂맞다．＂", "｢좋다｡｣", "다음"]
+    # Without whitespace after it the stop is part of a number or an abbreviation, as with "3.14".
+    assert split_sentences("원주율은 3．14이다｡") == ["원주율은 3．14이다｡"]
+    assert split_sentences("a｡b．c") == ["a｡b．c"]
+
+
 def test_loader_refuses_mismatched_shards(debug_shards):
     with pytest.raises(UserError, match="another vocabulary"):
         ShardSet.open(debug_shards, vocab_sha256="0" * 64)

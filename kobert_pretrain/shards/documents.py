@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# A sentence ends after . ? ! (or their full-width forms, or …), optional closing quotes or
-# brackets, then whitespace. Korean prose ends sentences with "다." and the like; "3.14"
-# and "1.5배" have no whitespace after the dot and stay whole.
-_SENTENCE_END = re.compile(r"[.?!。？！…][\"'”’)\]」』]*\s+")
+# A sentence ends after . ? ! (or their full-width forms ． ？ ！, the ideographic full stop 。 and
+# its half-width form ｡, or …), optional closing quotes or brackets (full- and half-width too), then
+# whitespace. Korean prose ends sentences with "다." and the like; "3.14" and "1.5배" have no
+# whitespace after the dot and stay whole.
+_SENTENCE_END = re.compile(r"[.?!．？！。｡…][\"'”’)\]」』＂＇）］｣]*\s+")
 
 
 def split_sentences(text: str) -> list[str]:
