@@ -50,6 +50,8 @@ def test_release_files_and_config(release, debug_vocab):
     assert max(report["mxnet_vs_pytorch"].values()) <= 1e-4 and max(report["pytorch_vs_onnx"].values()) <= 1e-4
     card = (release / "README.md").read_text()
     assert "30 steps" in card and "eval_mlm_loss" in card and "fill-mask" in card
+    assert "`[MASK]`, `[CLS]`, `[SEP]`, `[UNK]` and `[PAD]` become\nids 4, 2, 3, 0 and 1" in card
+    assert report["tokenizer_texts_checked"] == 75
 
 
 def test_pytorch_matches_mxnet_on_a_fresh_batch(release, trained):
@@ -106,15 +108,28 @@ def test_autotokenizer_ids_equal_sentencepiece(release, demo_corpus):
     assert tokenizer.pad_token_id == 1 and tokenizer.mask_token_id == 4 and tokenizer.unk_token_id == 0
     assert tokenizer("[MASK]", add_special_tokens=False)["input_ids"] == [4]
     assert tokenizer.decode(sp.encode("대한민국 헌법")) == "대한민국 헌법"
+    # [MASK] in text is where a masked '▁국민' (one piece of the debug vocabulary) was in training.
+    text = "모든 국민은 법 앞에 평등하다."
+    assert sp.encode(text, out_type=str).count("▁국민") == 1
+    masked = [4 if i == sp.piece_to_id("▁국민") else i for i in sp.encode(text)]
+    assert tokenizer(text.replace("국민", "[MASK]"))["input_ids"] == [2, *masked, 3]
 
 
 def test_stock_classes_and_fill_mask_load(release):
-    from transformers import BertForMaskedLM, BertModel, pipeline
+    from transformers import AutoTokenizer, BertForMaskedLM, BertModel, pipeline
 
     assert BertModel.from_pretrained(str(release)).config.pad_token_id == 1
     BertForMaskedLM.from_pretrained(str(release))
-    predictions = pipeline("fill-mask", model=str(release))("대한민국의 주권은 [MASK]에게 있다.")
-    assert len(predictions) == 5 and all(0 <= p["score"] <= 1 and 0 <= p["token"] < 1000 for p in predictions)
+    predictions = pipeline("fill-mask", model=str(release))("대한민국의 주권은 [MASK]에게 있다.", top_k=20)
+    assert len(predictions) == 20 and all(0 <= p["score"] <= 1 and 0 <= p["token"] < 1000 for p in predictions)
+    # The filled sentence reads as written: a word-start piece after a space, any other piece joined, and no
+    # space before '에게' (which continues the word [MASK] stands for).
+    tokenizer = AutoTokenizer.from_pretrained(str(release))
+    for p in predictions:
+        piece = tokenizer.convert_ids_to_tokens(p["token"])
+        if p["token"] > 4 and piece != "▁":
+            word = (" " + piece[1:]) if piece.startswith("▁") else piece
+            assert p["sequence"] == f"대한민국의 주권은{word}에게 있다.", (piece, p["sequence"])
 
 
 def test_onnx_matches_pytorch(release):
@@ -191,6 +206,83 @@ def test_parity_failure_names_the_first_layer(tmp_path, trained):
     assert not (tmp_path / "out").exists()
 
 
+def _live_run(tmp_path, trained):
+    """A copy of the trained run with a second, newer checkpoint, and a function that saves one more."""
+    run = tmp_path / "live"
+    shutil.copytree(trained, run)
+
+    def save_newer():
+        ckpt = find_checkpoint(run)
+
+        def write(tmp):
+            for name in ("model.params", "optimizer.states", "optimizer.json"):
+                shutil.copy(ckpt.path / name, tmp / name)
+
+        return CheckpointManager(run, keep_last=10).save(ckpt.step + 1, write, {**ckpt.state(), "step": ckpt.step + 1})
+
+    save_newer()
+    return run, save_newer
+
+
+@pytest.mark.parametrize("moment", ["after finding it", "after reading state.json"])
+def test_checkpoint_deleted_while_read_falls_back_to_the_newest_intact(tmp_path, trained, monkeypatch, moment):
+    """A run still training deletes checkpoints as it saves (retention): convert takes the newest intact one."""
+    from kobert_pretrain.convert import release as release_module
+
+    run, _ = _live_run(tmp_path, trained)
+    deleted = []
+
+    def delete(path):
+        if not deleted:
+            deleted.append(path.name)
+            shutil.rmtree(path)
+
+    if moment == "after finding it":
+        def find(source):
+            ckpt = find_checkpoint(source)
+            delete(ckpt.path)
+            return ckpt
+
+        monkeypatch.setattr(release_module, "find_checkpoint", find)
+    else:
+        read_params = release_module._read_params
+
+        def read_after_deleting(ckpt):
+            delete(ckpt.path)
+            return read_params(ckpt)
+
+        monkeypatch.setattr(release_module, "_read_params", read_after_deleting)
+    out = convert(ConvertConfig(source=str(run), out=str(tmp_path / "hf")))
+    assert deleted == ["step-00000031"]
+    report = json.loads((out / "conversion_report.json").read_text())
+    assert report["step"] == 30 and report["checkpoint"] == str(run / "checkpoints" / "step-00000030")
+
+
+def test_checkpoint_deleted_while_read_is_a_one_line_error(tmp_path, trained, monkeypatch):
+    from kobert_pretrain.convert import release as release_module
+
+    run, save_newer = _live_run(tmp_path, trained)
+
+    def find_then_retention(source):  # a run saving every step with keep_last=1
+        ckpt = find_checkpoint(source)
+        save_newer()
+        shutil.rmtree(ckpt.path)
+        return ckpt
+
+    monkeypatch.setattr(release_module, "find_checkpoint", find_then_retention)
+    with pytest.raises(UserError) as error:
+        convert(ConvertConfig(source=str(run), out=str(tmp_path / "hf")))
+    assert str(error.value) == (f"the newest checkpoint of {run} was deleted while it was being read, 5 times in a "
+                                "row (a run saving at every step with --checkpoint.keep_last=1?); convert a copy of "
+                                "one of its checkpoints")
+    explicit = run / "checkpoints" / "step-00000036"
+    with pytest.raises(UserError) as error:
+        convert(ConvertConfig(source=str(explicit), out=str(tmp_path / "hf")))
+    assert str(error.value) == (f"checkpoint {explicit} was deleted while it was being read (by a run still "
+                                "training?); convert a checkpoint the run keeps, or a copy")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_mlm_only_run_converts_to_masked_lm(tmp_path, debug_shards):
     from transformers import BertForMaskedLM
 
@@ -209,7 +301,7 @@ def test_tokenizer_parity_for_other_vocab_settings(tmp_path, demo_corpus, fields
     import sentencepiece as spm
 
     from kobert_pretrain.config import VocabConfig
-    from kobert_pretrain.convert.release import build_tokenizer
+    from kobert_pretrain.convert.tokenizer import build_tokenizer
     from kobert_pretrain.vocab import Vocab, build_vocab
 
     corpus = tmp_path / "c.txt"

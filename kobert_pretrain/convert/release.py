@@ -11,6 +11,7 @@ Output (built in a temporary directory, renamed into place only after every chec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from dataclasses import asdict
@@ -18,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from kobert_pretrain.checkpoint import find_checkpoint
+from kobert_pretrain.checkpoint import CHECKPOINTS, META, find_checkpoint
 from kobert_pretrain.config import ConvertConfig
 from kobert_pretrain.convert.keymap import convert_state
+from kobert_pretrain.convert.tokenizer import build_tokenizer, check_tokenizer
 from kobert_pretrain.errors import ConfigError, UserError
 from kobert_pretrain.fsutil import atomic_output_dir, default_file_mode, ensure_free_output_dir
 from kobert_pretrain.model import ModelShape, build_model
-from kobert_pretrain.vocab import CLS, MASK, PAD, SEP, SPECIAL_IDS, UNK, Vocab
+from kobert_pretrain.vocab import CLS, PAD, SEP, SPECIAL_IDS, Vocab
 
 
 def convert(cfg: ConvertConfig) -> Path:
@@ -35,8 +37,7 @@ def convert(cfg: ConvertConfig) -> Path:
     ensure_free_output_dir(out, "convert")
     if Path(cfg.source).is_file():
         raise UserError(f"{cfg.source} is a file, not a run or checkpoint directory")
-    ckpt = find_checkpoint(cfg.source)
-    state = ckpt.training_state()
+    ckpt, state, arrays = read_checkpoint(cfg.source)
     shape = ModelShape(**state["model_shape"])
     vocab = _vocab(cfg, state)
     try:
@@ -47,13 +48,14 @@ def convert(cfg: ConvertConfig) -> Path:
     # save_pretrained's "Writing model shards" bar would precede every error line and the final report.
     transformers.utils.logging.disable_progress_bar()
 
-    params = _gluon_params(ckpt.path / "model.params")
+    params = {k: v.astype("float32").asnumpy() for k, v in arrays.items()}
     with atomic_output_dir(out, "convert") as tmp:
         model = _to_pytorch(params, shape, vocab)
         report = {"checkpoint": str(ckpt.path), "step": state["step"], "tolerance": cfg.tolerance}
-        report["mxnet_vs_pytorch"] = verify_pytorch(ckpt.path / "model.params", shape, model, cfg)
+        report["mxnet_vs_pytorch"] = verify_pytorch(arrays, shape, model, cfg)
         model.save_pretrained(str(tmp))
         tokenizer = build_tokenizer(vocab, shape.max_length)
+        report["tokenizer_texts_checked"] = check_tokenizer(tokenizer, vocab.sp)
         tokenizer.save_pretrained(str(tmp))
         (tmp / "spm.model").write_bytes((vocab.path / "spm.model").read_bytes())
         if cfg.onnx:
@@ -100,10 +102,64 @@ def _matching_vocab(path: str, state: dict) -> Vocab:
     return vocab
 
 
-def _gluon_params(path: Path) -> dict[str, np.ndarray]:
+READ_ATTEMPTS = 5
+
+
+def read_checkpoint(source: str):
+    """(checkpoint, training state, Gluon parameters as MXNet arrays by name), read once into memory.
+
+    A run that is still training deletes older checkpoints as it saves (retention keeps `keep_last`), so the
+    newest checkpoint can vanish between being found and being read: then the newest intact one is taken
+    again, up to READ_ATTEMPTS times. A checkpoint directory given explicitly is not replaced by another.
+    """
+    path = Path(source)
+    explicit = path.parent.name == CHECKPOINTS or (path / META).exists()
+    for _ in range(READ_ATTEMPTS):
+        before = _checkpoint_names(path)
+        try:
+            ckpt = find_checkpoint(source)
+        except UserError:
+            # "none intact" because the one being verified was deleted: the run has saved a newer one since.
+            if explicit or _checkpoint_names(path) == before:
+                raise
+            continue
+        try:
+            state = ckpt.training_state()
+            return ckpt, state, _read_params(ckpt)
+        except (OSError, UserError):
+            if not _vanished(ckpt):
+                raise
+        if explicit:
+            raise UserError(f"checkpoint {ckpt.path} was deleted while it was being read (by a run still "
+                            "training?); convert a checkpoint the run keeps, or a copy") from None
+    raise UserError(f"the newest checkpoint of {source} was deleted while it was being read, {READ_ATTEMPTS} "
+                    "times in a row (a run saving at every step with --checkpoint.keep_last=1?); convert a copy "
+                    "of one of its checkpoints") from None
+
+
+def _read_params(ckpt):
+    """model.params, checked against the checksum the checkpoint was verified with."""
     import mxnet as mx
 
-    return {k: v.astype("float32").asnumpy() for k, v in mx.nd.load(str(path)).items()}
+    entry = ckpt.meta["files"].get("model.params")
+    if entry is None:
+        raise UserError(f"checkpoint {ckpt.path} has no model.params")
+    data = (ckpt.path / "model.params").read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise UserError(f"checkpoint {ckpt.path}: model.params changed while it was being read")
+    return mx.nd.load_frombuffer(data)
+
+
+def _checkpoint_names(run: Path) -> set[str]:
+    try:
+        return {p.name for p in (run / CHECKPOINTS).iterdir()}
+    except OSError:
+        return set()
+
+
+def _vanished(ckpt) -> bool:
+    """Whether (part of) the checkpoint was deleted, as retention does, since it was verified."""
+    return not all((ckpt.path / name).is_file() for name in [*ckpt.meta["files"], META])
 
 
 def hf_config(shape: ModelShape, vocab: Vocab):
@@ -149,31 +205,6 @@ def _to_pytorch(params: dict[str, np.ndarray], shape: ModelShape, vocab: Vocab):
     return model
 
 
-def build_tokenizer(vocab: Vocab, max_length: int):
-    """A fast tokenizer that encodes exactly as the SentencePiece model, plus BERT's [CLS]/[SEP] template."""
-    from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
-
-    proto = import_protobuf().ModelProto()
-    proto.ParseFromString((vocab.path / "spm.model").read_bytes())
-    if proto.trainer_spec.model_type == 2:  # BPE
-        pieces = {p.piece: i for i, p in enumerate(proto.pieces)}
-    else:
-        pieces = [(p.piece, p.score) for p in proto.pieces]
-    tokenizer = SpmConverter.build_tokenizer_from_spm_proto(proto, pieces)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{CLS}:0 $A:0 {SEP}:0",
-        pair=f"{CLS}:0 $A:0 {SEP}:0 $B:1 {SEP}:1",
-        special_tokens=[(CLS, SPECIAL_IDS[CLS]), (SEP, SPECIAL_IDS[SEP])],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token=UNK, pad_token=PAD, cls_token=CLS, sep_token=SEP, mask_token=MASK,
-        model_max_length=max_length, do_lower_case=False,
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-    )
-
-
 def parity_batches(shape: ModelShape, cfg: ConvertConfig):
     """Random padded batches: (input_ids, token_type_ids, valid_length, masked_positions), numpy int64."""
     rng = np.random.default_rng(cfg.seed)
@@ -195,13 +226,20 @@ def parity_batches(shape: ModelShape, cfg: ConvertConfig):
         yield ids, types, valid, positions
 
 
-def verify_pytorch(params_file: Path, shape: ModelShape, model, cfg: ConvertConfig) -> dict:
-    """Run MXNet and the converted model on the same batches; compare every layer and both heads."""
+def verify_pytorch(arrays: dict, shape: ModelShape, model, cfg: ConvertConfig) -> dict:
+    """Run MXNet and the converted model on the same batches; compare every layer and both heads.
+
+    `arrays` is model.params as read (by structural name, as `save_parameters` writes them): the file itself
+    may be gone by now.
+    """
     import mxnet as mx
     import torch
 
     net = build_model(shape, all_encodings=True)
-    net.load_parameters(str(params_file), ctx=mx.cpu(), cast_dtype=True)
+    # What Block.load_parameters does after reading its file: structural names -> the parameters' own names.
+    by_structure = net._collect_params_with_prefix()
+    net.collect_params().load_dict({by_structure[k].name: v for k, v in arrays.items()}, ctx=mx.cpu(),
+                                   cast_dtype=True)
     worst: dict[str, float] = {}
     for ids, types, valid, positions in parity_batches(shape, cfg):
         out = net(mx.nd.array(ids), mx.nd.array(types), mx.nd.array(valid), mx.nd.array(positions))
@@ -280,11 +318,21 @@ Largest absolute differences between the MXNet model and this one on random padd
 ```python
 from transformers import AutoTokenizer, {arch}, pipeline
 
-tokenizer = AutoTokenizer.from_pretrained("PATH")   # the same ids as spm.model with sentencepiece
+tokenizer = AutoTokenizer.from_pretrained("PATH")   # spm.model's ids, see below
 model = {arch}.from_pretrained("PATH")
 fill = pipeline("fill-mask", model="PATH")
 print(fill("대한민국의 수도는 [MASK]이다."))
 ```
+
+The tokenizer gives the ids `sentencepiece` gives with `spm.model` (its normalization included: NFD or
+compatibility jamo, full- and half-width forms, control characters), inside `[CLS] ... [SEP]`. One exception:
+where two orders of the same pieces score exactly alike (a run of dots), SentencePiece's float32 rounding
+picks one and the fast tokenizer's float64 may pick the other.
+
+Special tokens typed in the text are special tokens: `[MASK]`, `[CLS]`, `[SEP]`, `[UNK]` and `[PAD]` become
+ids 4, 2, 3, 0 and 1 (`sentencepiece` spells them out). `[MASK]` takes the spaces before it, and the text
+right after it continues the masked word, as in training: `수도는 [MASK]이다.` gives `... 는 [MASK] 이 다 .`,
+as a masked `▁서울` followed by `이`; write `[MASK] 이다` for a new word after it.
 
 `BertModel.from_pretrained("PATH")` gives the encoder alone. `model.onnx` (if present) takes
 `input_ids`, `token_type_ids`, `attention_mask` (int64, dynamic batch and sequence) and returns
