@@ -35,8 +35,6 @@ def convert(cfg: ConvertConfig) -> Path:
         raise ConfigError(problems)
     out = Path(cfg.out)
     ensure_free_output_dir(out, "convert")
-    if Path(cfg.source).is_file():
-        raise UserError(f"{cfg.source} is a file, not a run or checkpoint directory")
     ckpt, state, arrays = read_checkpoint(cfg.source)
     shape = ModelShape(**state["model_shape"])
     vocab = _vocab(cfg, state)
