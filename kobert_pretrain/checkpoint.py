@@ -15,7 +15,6 @@ reported), and a checkpoint that failed to load is never deleted.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kobert_pretrain.errors import UserError
-from kobert_pretrain.fsutil import fsync_dir, sha256_file
+from kobert_pretrain.fsutil import disk_full_error, fsync_dir, sha256_file
 from kobert_pretrain.text import warn
 
 CHECKPOINTS = "checkpoints"
@@ -283,19 +282,12 @@ def _set_aside(path: Path) -> Path:
 
 def _write_failure(error: BaseException, directory: Path) -> str | None:
     """What went wrong writing into `directory`, if it was the storage (None: a bug)."""
-    full = False
-    try:
-        full = shutil.disk_usage(directory if directory.exists() else directory.parent).free < (1 << 20)
-    except OSError:
-        pass
+    if disk_full_error(error, directory) is not None:
+        return "no space left on device"
     if isinstance(error, OSError):
-        if error.errno == errno.ENOSPC or full:
-            return "no space left on device"
         return error.strerror or str(error)
     text = str(error)
-    if type(error).__name__ == "MXNetError" and ("FileStream" in text or "Write" in text or full):
-        if full:
-            return "no space left on device"
+    if type(error).__name__ == "MXNetError" and ("FileStream" in text or "Write" in text):
         lines = [ln.strip() for ln in text.splitlines() if "FileStream" in ln or "Check failed" in ln]
         return "write failed (" + (lines[-1] if lines else text.strip().splitlines()[-1])[:160] + ")"
     return None

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -108,14 +109,24 @@ def name_final_path(error: OSError, tmp: Path, final: Path) -> None:
         error.filename = str(final) + str(name)[len(str(tmp)):]
 
 
-def disk_full_error(error: BaseException) -> OSError | None:
-    """An ENOSPC OSError for an exception that reports a full disk only in its text (torch, safetensors)."""
+def disk_full_error(error: BaseException, directory: Path | None = None) -> OSError | None:
+    """An ENOSPC OSError if `error` means the storage is full, else None.
+
+    The one test for every writer: ENOSPC or EDQUOT; numpy's short write ("N requested and M written", no
+    errno); libraries that say so only in their text (torch, safetensors, MXNet); and, given the
+    `directory` being written, an MXNet write failure while less than 1 MiB is free there.
+    """
     if isinstance(error, OSError):
-        return error if error.errno == errno.ENOSPC else None
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return error
+        if error.errno is None and re.fullmatch(r"\d+ requested and \d+ written", str(error)):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), error.filename)
     text = str(error)
-    if "No space left on device" in text or "StorageFull" in text:
-        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    return None
+    full = "No space left on device" in text or "StorageFull" in text
+    if not full and directory is not None and type(error).__name__ == "MXNetError" and "FileStream" in text:
+        with contextlib.suppress(OSError):
+            full = shutil.disk_usage(directory if directory.exists() else directory.parent).free < (1 << 20)
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if full else None
 
 
 def ensure_free_output_dir(out: Path, what: str) -> None:

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from kobert_pretrain import distributed
 from kobert_pretrain.config import ShardsConfig
 from kobert_pretrain.errors import ConfigError, UserError
-from kobert_pretrain.fsutil import atomic_write_json
+from kobert_pretrain.fsutil import atomic_write_json, disk_full_error
 from kobert_pretrain.masking import MaskingSpec, mask_batch
 from kobert_pretrain.shards.documents import ChunkText, read_documents, tokenize_documents
 from kobert_pretrain.shards.format import (
@@ -52,7 +52,6 @@ from kobert_pretrain.shards.format import (
     SHARD_DIR_RE,
     DiskFullError,
     disk_full,
-    is_out_of_space,
     read_array_meta,
     shard_name,
     token_dtype,
@@ -349,7 +348,7 @@ def build_shards(cfg: ShardsConfig) -> Path:
             _restore(out, before)
         raise
     except OSError as e:
-        if is_out_of_space(e):
+        if disk_full_error(e) is not None:
             raise disk_full(Path(e.filename) if e.filename else out) from None
         raise
 
@@ -358,7 +357,7 @@ def _write_json(path: Path, obj) -> None:
     try:
         atomic_write_json(path, obj)
     except OSError as e:
-        if is_out_of_space(e):
+        if disk_full_error(e) is not None:
             raise disk_full(path) from None
         raise
 

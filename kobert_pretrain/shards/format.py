@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from kobert_pretrain.errors import UserError
-from kobert_pretrain.fsutil import fsync_dir, sha256_file
+from kobert_pretrain.fsutil import disk_full_error, fsync_dir, sha256_file
 
 INDEX_FILE = "index.json"
 FORMAT = "kobert-pretrain-shards/1"
@@ -42,13 +41,6 @@ REQUIRED_ARRAYS = ("tokens", "offsets", "len_a", "nsp")
 
 class DiskFullError(UserError):
     """The disk filled up while writing: not the input's fault, so finished work is kept for a resume."""
-
-
-def is_out_of_space(e: OSError) -> bool:
-    """ENOSPC / EDQUOT, or numpy's short write ("N requested and M written"), which carries no errno."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return e.errno is None and bool(re.fullmatch(r"\d+ requested and \d+ written", str(e)))
 
 
 def disk_full(path: Path) -> DiskFullError:
@@ -96,7 +88,7 @@ def write_array_dir(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> di
         fsync_dir(path.parent)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if is_out_of_space(e):
+        if disk_full_error(e) is not None:
             raise disk_full(path / file.relative_to(tmp)) from None
         raise
     except BaseException:
