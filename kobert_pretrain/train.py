@@ -233,10 +233,6 @@ class Trainer:
             raise lock_error or UserError(f"{self.run_dir} is in use by another training process (see rank 0)")
         if lock_error is not None:
             raise lock_error
-        self._set_up(resume)
-
-    def _set_up(self, resume: str) -> None:
-        cfg, tc = self.cfg, self.cfg.train
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=cfg.checkpoint.keep_last,
                                              keep_every=cfg.checkpoint.keep_every, is_writer=self.is_root)
         self.checkpoints.remove_partial()
@@ -277,8 +273,8 @@ class Trainer:
             p.grad_req = "add"  # gradients accumulate over micro-batches; zeroed after each step
             if no_weight_decay(name):
                 p.wd_mult = 0.0
-        self.params = [p for p in params.values() if p.grad_req != "null"]
-        self._grads = [p.grad(self.ctx) for p in self.params]  # the gradient buffers (static_alloc: fixed)
+        # the gradient buffers, fixed for the trainer's life
+        self._grads = [p.grad(self.ctx) for p in params.values() if p.grad_req != "null"]
         optimizer_params = {"learning_rate": tc.lr, "beta1": tc.beta1, "beta2": tc.beta2, "epsilon": tc.epsilon,
                             "wd": tc.weight_decay}
         if tc.dtype == "float16":
