@@ -353,15 +353,6 @@ def build_shards(cfg: ShardsConfig) -> Path:
         raise
 
 
-def _write_json(path: Path, obj) -> None:
-    try:
-        atomic_write_json(path, obj)
-    except OSError as e:
-        if disk_full_error(e) is not None:
-            raise disk_full(path) from None
-        raise
-
-
 def _snapshot(out: Path) -> tuple[set[str], set[str] | None] | None:
     """The names in `out` and in `out/.work` before this run (None where a directory did not exist)."""
     if not out.is_dir():
@@ -401,7 +392,7 @@ def _build(cfg: ShardsConfig, dist, vocab: Vocab, paths: list[Path], out: Path) 
         existing = _check_output_dir(out, fp, identity)
         work.mkdir(parents=True, exist_ok=True)
         if not (work / PLAN_FILE).is_file():
-            _write_json(work / PLAN_FILE, {"fingerprint": fp, "num_chunks": len(chunks), "identity": identity})
+            atomic_write_json(work / PLAN_FILE, {"fingerprint": fp, "num_chunks": len(chunks), "identity": identity})
     dist.barrier("shards.plan")
     if not dist.is_root:
         existing = _check_output_dir(out, fp, identity)
@@ -455,8 +446,8 @@ def _build(cfg: ShardsConfig, dist, vocab: Vocab, paths: list[Path], out: Path) 
             index = existing
         else:
             index = _make_index(cfg, vocab, ctx.dtype, fp, identity, chunk_counts, chunk_metas, shard_metas)
-        _write_json(out / "config.json", cfg.generation_dict())
-        _write_json(out / INDEX_FILE, index)
+        atomic_write_json(out / "config.json", cfg.generation_dict())
+        atomic_write_json(out / INDEX_FILE, index)
         shutil.rmtree(work, ignore_errors=True)
         _report(index, out, time.time() - started)
     dist.barrier("shards.index")
