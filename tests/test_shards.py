@@ -242,3 +242,12 @@ def test_cli_odd_but_valid_inputs(tmp_path, debug_vocab, demo_corpus):
     assert index["undecodable_lines"] == 1
     assert index["text_tokens"] > 2_000_000
     assert index["num_instances"] > index["text_tokens"] // 61 * 0.9
+
+
+def test_lines_with_nul_bytes_are_undecodable_as_in_the_vocab_stage():
+    from kobert_pretrain.shards.documents import ChunkText, _decoded_lines
+
+    counters = ChunkText()
+    lines = _decoded_lines("가나다.\nA\0B\n\xff\n라마.".encode("utf-8").replace(b"\xc3\xbf", b"\xff"), "f", counters)
+    assert lines == ["가나다.", "라마."]
+    assert (counters.lines, counters.undecodable_lines, counters.undecodable_by_file) == (4, 2, {"f": 2})

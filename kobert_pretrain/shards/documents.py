@@ -9,6 +9,7 @@ all the pairing step needs.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -69,19 +70,25 @@ def read_documents(segments: list[tuple[str, int, int]], input_format: str, coun
 
 
 def _decoded_lines(data: bytes, path: str, counters: ChunkText) -> list[str]:
-    """The lines of a segment; lines that are not UTF-8 are dropped and counted."""
+    """The lines of a segment; lines that are not UTF-8, or hold a NUL byte (binary data, UTF-16), are dropped
+    and counted, as `text.iter_lines` does for the vocabulary."""
     counters.lines += data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
-    try:
-        return data.decode("utf-8").split("\n")  # fast path: the whole segment is valid
-    except UnicodeDecodeError:
-        pass
+    if b"\0" not in data:
+        try:
+            return data.decode("utf-8").split("\n")  # fast path: the whole segment is valid
+        except UnicodeDecodeError:
+            pass
     lines = []
     for raw in data.split(b"\n"):
-        try:
-            lines.append(raw.decode("utf-8"))
-        except UnicodeDecodeError:
+        line = None
+        if b"\0" not in raw:
+            with contextlib.suppress(UnicodeDecodeError):
+                line = raw.decode("utf-8")
+        if line is None:
             counters.undecodable_lines += 1
             counters.undecodable_by_file[path] = counters.undecodable_by_file.get(path, 0) + 1
+        else:
+            lines.append(line)
     return lines
 
 
