@@ -15,6 +15,7 @@ reported), and a checkpoint that failed to load is never deleted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -54,6 +55,17 @@ class Checkpoint:
         if not isinstance(state, dict):
             raise UserError(f"checkpoint {self.path}: state.json is not a JSON object")
         return state
+
+    def read_file(self, name: str) -> bytes:
+        """One file of the checkpoint, read once and checked against the checksum it was verified with
+        (a run still training may replace or delete it meanwhile)."""
+        entry = self.meta["files"].get(name)
+        if entry is None:
+            raise UserError(f"checkpoint {self.path} has no {name}")
+        data = (self.path / name).read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise UserError(f"checkpoint {self.path}: {name} changed while it was being read")
+        return data
 
     def training_state(self) -> dict:
         """state.json of a checkpoint written by `train`, checked for the fields the stages read."""
@@ -313,7 +325,7 @@ def export_params(source: str | Path, out: str | Path) -> Path:
     except OSError as e:
         raise UserError(f"cannot create {out.parent}: {e.strerror or e}") from None
     state = ckpt.training_state()
-    data = (ckpt.path / "model.params").read_bytes()
+    data = ckpt.read_file("model.params")
     try:
         mx.nd.load_frombuffer(data)
     except mx.base.MXNetError:

@@ -11,7 +11,6 @@ Output (built in a temporary directory, renamed into place only after every chec
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -138,13 +137,7 @@ def _read_params(ckpt):
     """model.params, checked against the checksum the checkpoint was verified with."""
     import mxnet as mx
 
-    entry = ckpt.meta["files"].get("model.params")
-    if entry is None:
-        raise UserError(f"checkpoint {ckpt.path} has no model.params")
-    data = (ckpt.path / "model.params").read_bytes()
-    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise UserError(f"checkpoint {ckpt.path}: model.params changed while it was being read")
-    return mx.nd.load_frombuffer(data)
+    return mx.nd.load_frombuffer(ckpt.read_file("model.params"))
 
 
 def _checkpoint_names(run: Path) -> set[str]:
