@@ -22,7 +22,8 @@ help:
 	@echo "make test      build the venv and run the default test suite"
 	@echo "make test-all  also run the slow tests"
 	@echo "make bench     run the benchmarks in benchmarks/"
-	@echo "make install-gpu  switch .venv to mxnet-cu110 and Horovod with NCCL (V100 nodes, CUDA 11)"
+	@echo "make install-gpu  switch .venv to mxnet-cu110/-cu112 and Horovod with NCCL (V100/A100 nodes, CUDA 11)"
+	@echo "make gpu-check  on a fresh GPU node: install, float16 training on 1 and 2 GPUs, resume, speed (scripts/gpu_check.sh)"
 	@echo "make clean     remove runs/ and caches (keeps .venv)"
 
 # Python packages (the convert extra brings torch, transformers, onnx, onnxruntime), the package itself
@@ -50,17 +51,21 @@ $(VENV)/.stamp-horovod: $(VENV)/.stamp-python
 
 install: $(VENV)/.stamp-horovod
 
-# GPU nodes: mxnet-cu110 in place of the CPU mxnet, Horovod rebuilt with NCCL for V100 (sm_70).
-# Checks the CUDA 11 toolkit and NCCL first (scripts/check_gpu_build.sh) and says what is missing.
+# GPU nodes: the CUDA build of MXNet that matches the CUDA 11 toolkit (mxnet-cu110 or -cu112, chosen by
+# scripts/check_gpu_build.sh, which also checks g++, NCCL and the GPUs first and says what is missing),
+# Horovod rebuilt with NCCL for this node's GPUs, then `doctor --gpu`: the libraries libmxnet.so needs,
+# MXNet's CUDA/cuDNN/NCCL features and a float16 kernel on every visible GPU.
 install-gpu: $(VENV)/.stamp-python
-	bash scripts/check_gpu_build.sh
-	$(PIP) uninstall -y mxnet
-	$(PIP) install "mxnet-cu110==1.9.1"
-	HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_BUILD_CUDA_CC_LIST=$${HOROVOD_BUILD_CUDA_CC_LIST:-70} \
+	settings=$$(bash scripts/check_gpu_build.sh) && eval "$$settings" && \
+	$(PIP) uninstall -y mxnet mxnet-cu110 mxnet-cu112 && \
+	$(PIP) install "$$MXNET_WHEEL==1.9.1" && \
+	HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_CUDA_HOME="$$HOROVOD_CUDA_HOME" HOROVOD_NCCL_INCLUDE="$$HOROVOD_NCCL_INCLUDE" \
+		HOROVOD_NCCL_LIB="$$HOROVOD_NCCL_LIB" HOROVOD_BUILD_CUDA_CC_LIST="$$HOROVOD_BUILD_CUDA_CC_LIST" \
 		HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 \
 		$(PIP) install --no-build-isolation --no-cache-dir --force-reinstall --no-deps "horovod==$(HOROVOD_VERSION)"
 	$(BIN)/horovodrun --check-build | tee $(VENV)/horovod-check-build.txt
 	@grep -q '\[X\] NCCL' $(VENV)/horovod-check-build.txt || { echo "error: Horovod built without NCCL"; exit 1; }
+	$(BIN)/kobert-pretrain doctor --local --gpu
 	@touch $(VENV)/.stamp-gpu $(VENV)/.stamp-horovod
 
 test: install

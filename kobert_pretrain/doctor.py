@@ -2,7 +2,9 @@
 
 Per host: Python and package versions, the Horovod build (frameworks, controllers, tensor
 operations), visible GPUs, free disk in the run directory, and whether the shards and the
-vocabulary can be read. With several hosts, versions that differ between hosts are flagged too.
+vocabulary can be read. With --gpu, every visible GPU runs a float16 FullyConnected forward and
+backward and reads the result back, and the row shows the compute capabilities, the smallest GPU
+memory, and the driver, CUDA runtime, cuDNN and NCCL versions MXNet loaded. With several hosts, versions that differ between hosts are flagged too.
 One table; exit status 1 if anything is wrong.
 """
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from kobert_pretrain.errors import UserError
 
-PACKAGES = ("mxnet", "mxnet-cu110", "gluonnlp", "horovod", "numpy", "sentencepiece", "kobert-pretrain")
+PACKAGES = ("mxnet", "mxnet-cu110", "mxnet-cu112", "gluonnlp", "horovod", "numpy", "sentencepiece", "kobert-pretrain")
 MARKER = "KOBERT_DOCTOR "
 
 
@@ -35,8 +37,12 @@ def local_report(run_dir: str | None, shards: str | None, vocab: str | None, min
             report[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             report[name] = None
-    if not (report["mxnet"] or report["mxnet-cu110"]):
+    if not (report["mxnet"] or report["mxnet-cu110"] or report["mxnet-cu112"]):
         problems.append("MXNet is not installed")
+    if need_gpu:
+        from kobert_pretrain.gpu import library_problems
+
+        problems.extend(library_problems())
     try:
         import horovod.mxnet as hvd
 
@@ -59,6 +65,8 @@ def local_report(run_dir: str | None, shards: str | None, vocab: str | None, min
         problems.append(f"mxnet cannot be imported ({str(e)[:80]})")
     if need_gpu and not report["gpus"]:
         problems.append("no GPU visible to MXNet (CUDA driver, CUDA_VISIBLE_DEVICES, mxnet-cu110?)")
+    elif need_gpu:
+        report.update(_gpu_report(report["gpus"], report, problems))
     if run_dir:
         existing = Path(run_dir)
         while not existing.exists() and existing != existing.parent:
@@ -81,6 +89,35 @@ def local_report(run_dir: str | None, shards: str | None, vocab: str | None, min
                 report[label] = "unreadable"
                 problems.append(str(e))
     return report
+
+
+def _gpu_report(count: int, report: dict, problems: list[str]) -> dict:
+    """Every visible GPU: its compute capability and memory, a float16 kernel run on it, and the CUDA stack."""
+    from kobert_pretrain import gpu
+
+    wheel = next((w for w in gpu.MXNET_WHEEL_ARCHS if report.get(w)), None)
+    devices = []
+    for index in range(count):
+        props = gpu.device_properties(index)
+        cc = props.get("compute_capability")
+        problem = (gpu.wheel_problem(wheel, cc) if wheel and cc else None) or gpu.probe(index)
+        if problem:
+            problems.append(f"GPU {index}: {problem}")
+        devices.append({**props, "ok": problem is None})
+    ccs = sorted({d["compute_capability"] for d in devices if "compute_capability" in d})
+    out = {"gpu_cc": ",".join(f"{cc // 10}.{cc % 10}" for cc in ccs) or "-",
+           "gpu_memory_gb": min((d["memory_gb"] for d in devices if "memory_gb" in d), default=None),
+           "gpu_devices": devices, "driver": _driver_version(), **gpu.versions()}
+    return out
+
+
+def _driver_version() -> str | None:
+    try:
+        result = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.splitlines()[0].strip() if result.returncode == 0 and result.stdout.strip() else None
 
 
 def _check_shards(path: str) -> str:
@@ -135,7 +172,7 @@ def horovodrun_failure(output: str) -> str:
 
 
 def compare_hosts(reports: list[dict]) -> None:
-    for key in ("python", *PACKAGES, "horovod_ops"):
+    for key in ("python", *PACKAGES, "horovod_ops", "driver", "cuda_runtime", "cudnn", "nccl"):
         values = {r.get(key) for r in reports}
         if len(values) > 1:
             for r in reports:
@@ -144,9 +181,11 @@ def compare_hosts(reports: list[dict]) -> None:
 
 def table(reports: list[dict]) -> str:
     columns = ["host", "python", "mxnet", "horovod", "horovod_ops", "gpus", "free_gb", "shards", "vocab", "status"]
+    if any("gpu_cc" in r for r in reports):  # doctor --gpu
+        columns[6:6] = ["gpu_cc", "gpu_memory_gb", "driver", "cuda_runtime", "cudnn", "nccl"]
     rows = []
     for r in reports:
-        mxnet = r.get("mxnet") or (f"cu110 {r['mxnet-cu110']}" if r.get("mxnet-cu110") else "-")
+        mxnet = r.get("mxnet") or next((f"{w[6:]} {r[w]}" for w in ("mxnet-cu110", "mxnet-cu112") if r.get(w)), "-")
         row = {**r, "mxnet": mxnet, "status": "OK" if not r["problems"] else "; ".join(r["problems"])}
         rows.append([str(row.get(c, "-") if row.get(c) is not None else "-") for c in columns])
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]

@@ -148,25 +148,3 @@ def test_doctor_on_every_host_of_a_hostfile(tmp_path, debug_shards):
     assert result.returncode == 0, result.stdout + result.stderr
     rows = result.stdout.strip().splitlines()[1:]
     assert len(rows) == 2 and all(r.rstrip().endswith("OK") for r in rows)
-
-
-@pytest.mark.parametrize("release,nccl,ok", [("13.0", True, False), ("11.0", False, False), ("11.0", True, True)])
-def test_gpu_build_check_says_what_is_missing(tmp_path, release, nccl, ok):
-    cuda = tmp_path / "cuda"
-    (cuda / "bin").mkdir(parents=True)
-    (cuda / "include").mkdir()
-    nvcc = cuda / "bin" / "nvcc"
-    nvcc.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.1'\n")
-    nvcc.chmod(0o755)
-    if nccl:
-        (cuda / "include" / "nccl.h").write_text("/* nccl */\n")
-    env = dict(os.environ, PATH=f"{cuda / 'bin'}:/usr/bin:/bin", CUDA_HOME=str(cuda), NCCL_HOME=str(tmp_path / "none"))
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "check_gpu_build.sh")], env=env, capture_output=True,
-                            text=True)
-    assert (result.returncode == 0) == ok, result.stderr
-    if release == "13.0":
-        assert "nvcc is CUDA 13.0; mxnet-cu110 needs the CUDA 11.x toolkit" in result.stderr
-    if not nccl:
-        assert "nccl.h not found" in result.stderr
-    if ok:
-        assert f"CUDA {release}" in result.stdout
