@@ -79,6 +79,7 @@ def _run_train(args: argparse.Namespace, cfg) -> int:
 
 
 def _run_launch(args: argparse.Namespace, cfg) -> int:
+    from kobert_pretrain.heartbeat import Watchdog
     from kobert_pretrain.launch import LaunchConfig, launch, parse_hostfile, parse_hosts
 
     if bool(args.hostfile) == bool(args.hosts):
@@ -87,7 +88,9 @@ def _run_launch(args: argparse.Namespace, cfg) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     return launch(LaunchConfig(num_proc=args.np, hosts=hosts, command=command, max_restarts=args.max_restarts,
                                backoff_s=args.backoff, gloo_timeout_s=args.gloo_timeout,
-                               stall_shutdown_s=args.stall_timeout, horovodrun_args=args.horovodrun_arg))
+                               stall_shutdown_s=args.stall_timeout, horovodrun_args=args.horovodrun_arg,
+                               watchdog=Watchdog(silence_s=args.watchdog_silence, hang_s=args.watchdog_hang,
+                                                 slow_s=args.watchdog_slow)))
 
 
 def _run_export(args: argparse.Namespace, cfg) -> None:
@@ -205,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gloo-timeout", type=int, default=120, metavar="S", help="Gloo operation timeout (120)")
     p.add_argument("--stall-timeout", type=int, default=600, metavar="S",
                    help="Horovod stall check: shut the job down after S seconds without progress (600)")
+    p.add_argument("--watchdog-silence", type=float, default=30.0, metavar="S",
+                   help="restart when a rank sends no heartbeat for S seconds: stopped or frozen (30; 0: off)")
+    p.add_argument("--watchdog-hang", type=float, default=120.0, metavar="S",
+                   help="restart when no step finishes for max(S, 20 x the median step time) (120; 0: off)")
+    p.add_argument("--watchdog-slow", type=float, default=900.0, metavar="S",
+                   help="the same limit while a rank sets up, saves a checkpoint or evaluates (900)")
     p.add_argument("--horovodrun-arg", action="append", default=[], metavar="ARG",
                    help="extra horovodrun argument, repeatable (e.g. --horovodrun-arg=--timeline-filename=t.json)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- train ARGS")

@@ -23,7 +23,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kobert_pretrain import heartbeat
 from kobert_pretrain.errors import UserError
+from kobert_pretrain.heartbeat import Watchdog
 
 EXIT_PREEMPTED = 75
 EXIT_USER_ERROR = 2
@@ -116,6 +118,8 @@ class LaunchConfig:
     gloo_timeout_s: int = 120
     stall_shutdown_s: int = 600
     horovodrun_args: list[str] = field(default_factory=list)
+    watchdog: Watchdog = field(default_factory=Watchdog)  # hang detection from the ranks' heartbeats
+    heartbeat_s: float = 1.0
 
 
 def horovodrun_command(cfg: LaunchConfig, hostfile: Path, resume_auto: bool) -> list[str]:
@@ -154,12 +158,18 @@ class Supervisor:
             raise UserError(f"-np {cfg.num_proc} does not fit the {sum(s for _, s in cfg.hosts)} slot(s) of the hosts")
         problems = [f"{flag} {value:g} must be >= {least}" for flag, value, least in (
             ("--max-restarts", cfg.max_restarts, 0), ("--backoff", cfg.backoff_s, 0),
-            ("--gloo-timeout", cfg.gloo_timeout_s, 1), ("--stall-timeout", cfg.stall_shutdown_s, 0)) if value < least]
+            ("--gloo-timeout", cfg.gloo_timeout_s, 1), ("--stall-timeout", cfg.stall_shutdown_s, 0),
+            ("--watchdog-silence", cfg.watchdog.silence_s, 0), ("--watchdog-hang", cfg.watchdog.hang_s, 0),
+            ("--watchdog-slow", cfg.watchdog.slow_s, 0)) if value < least]
+        if cfg.watchdog.silence_s and cfg.watchdog.silence_s < 3 * cfg.heartbeat_s:
+            problems.append(f"--watchdog-silence {cfg.watchdog.silence_s:g} must be at least 3 heartbeats "
+                            f"({3 * cfg.heartbeat_s:g}s)")
         if problems:
             raise UserError("; ".join(problems))
         self.cfg = cfg
         self.proc: subprocess.Popen | None = None
         self.preempted_by: str | None = None
+        self.hung: str | None = None  # the watchdog's verdict on the current attempt
 
     def log(self, message: str) -> None:
         print(f"launch: {message}", file=sys.stderr, flush=True)
@@ -183,18 +193,21 @@ class Supervisor:
             started = time.time()
             code, failure, rank_preempted = self._run_once(command)
             seconds = time.time() - started
-            if code == 0:
+            if code == 0 and not self.hung:
                 self.log(f"job finished after {seconds:.1f}s")
                 return 0
-            if self.preempted_by or rank_preempted:
+            if self.hung:
+                failure = None  # the ranks died because the watchdog killed them; the hang is the cause
+            elif self.preempted_by or rank_preempted:
                 who = self.preempted_by or "a signal to a rank"
                 self.log(f"pre-empted by {who}: the ranks saved a checkpoint; not restarting "
                          "(run the same command again to resume)")
                 return EXIT_PREEMPTED
-            if failure and failure[1] == EXIT_USER_ERROR or code == EXIT_USER_ERROR:
+            elif failure and failure[1] == EXIT_USER_ERROR or code == EXIT_USER_ERROR:
                 self.log("the job failed on a user error (status 2, see above); restarting would not help")
                 return EXIT_USER_ERROR
-            cause = _describe(code, failure)
+            cause = f"hung: {self.hung}" if self.hung else _describe(code, failure)
+            code = code or 1
             if attempt >= self.cfg.max_restarts:
                 self.log(f"job failed after {seconds:.1f}s ({cause}); no restarts left ({self.cfg.max_restarts} used)")
                 return exit_status(code)
@@ -210,17 +223,42 @@ class Supervisor:
                 return EXIT_PREEMPTED
 
     def _run_once(self, command: list[str]) -> tuple[int, tuple[str, int] | None, bool]:
-        """Run horovodrun, echoing its output; return (status, first failed rank and code, rank pre-empted)."""
+        """Run horovodrun, echoing its output and watching the ranks' heartbeats; return (status, first
+        failed rank and code, rank pre-empted). A hung job is killed and `self.hung` says why."""
+        env = dict(os.environ)
+        if self.cfg.watchdog.enabled:
+            env[heartbeat.ENV_INTERVAL] = f"{self.cfg.heartbeat_s:g}"
+        watchdog = Watchdog(self.cfg.watchdog.silence_s, self.cfg.watchdog.hang_s, self.cfg.watchdog.hang_factor,
+                            self.cfg.watchdog.slow_s)
+        self.hung = None
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     errors="replace", bufsize=1)
+                                     errors="replace", bufsize=1, env=env)
         tail: list[str] = []
         launcher = LauncherTraceback(keep=bool(os.environ.get("KOBERT_DEBUG")))
-        for line in self.proc.stdout:
-            if launcher.feed(line):
-                sys.stderr.write(line)
-            tail.append(line)
-            del tail[:-200]
+        lock = threading.Lock()
+
+        def read() -> None:
+            for line in self.proc.stdout:
+                with lock:
+                    if watchdog.feed(line, heartbeat.clock()):
+                        continue
+                if launcher.feed(line):
+                    sys.stderr.write(line)
+                tail.append(line)
+                del tail[:-200]
+
+        reader = threading.Thread(target=read, name="launch-output", daemon=True)
+        reader.start()
+        while self.proc.poll() is None:
+            time.sleep(0.5)
+            with lock:
+                verdict = watchdog.verdict(heartbeat.clock()) if not (self.hung or self.preempted_by) else None
+            if verdict:
+                self.hung = verdict
+                self.log(f"watchdog: {verdict}; killing the job")
+                _kill_job(self.proc)
         code = self.proc.wait()
+        reader.join()
         self.proc = None
         text = "".join(tail)
         match = _FIRST_FAILURE.search(text)
@@ -291,6 +329,31 @@ def _signal_ranks(horovodrun_pid: int) -> None:
             try:
                 child.send_signal(signal.SIGTERM)
             except psutil.NoSuchProcess:
+                pass
+
+
+def _kill_job(horovodrun: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """End a hung job: SIGKILL the local ranks (a stopped process ignores everything else), then let
+    horovodrun tear down the rest (its ssh sessions to remote ranks) and kill it if it does not."""
+    import psutil
+
+    try:
+        children = psutil.Process(horovodrun.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    for child in children:
+        try:
+            if is_rank_process(child.cmdline()):
+                child.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    try:
+        horovodrun.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        for process in [*children, horovodrun]:  # horovodrun and everything it started here
+            try:
+                process.kill()
+            except (psutil.NoSuchProcess, ProcessLookupError):
                 pass
 
 
