@@ -5,7 +5,7 @@ set -euo pipefail
 
 CORPUS=${CORPUS:-/shared/corpus}            # UTF-8, one sentence per line, blank line between documents
 WORK=${WORK:-/shared/kobert}                # vocab/, shards*/, runs/, release/ go here (shared by all nodes)
-CONFIG=${CONFIG:-configs/base.toml}         # [vocab] section: vocab_size, normalization, threads, seed
+CONFIG=${CONFIG:-configs/cluster-base.toml} # [vocab] section: vocab_size, normalization, threads, seed
 KOBERT=${KOBERT:-kobert-pretrain}
 
 "$KOBERT" vocab --config "$CONFIG" --input "$CORPUS" --out "$WORK/vocab"

@@ -6,8 +6,8 @@ set -euo pipefail
 CORPUS=${CORPUS:-/shared/corpus}            # training text
 EVAL_CORPUS=${EVAL_CORPUS:-}                # held-out text for evaluation shards (optional)
 WORK=${WORK:-/shared/kobert}
-CONFIG=${CONFIG:-configs/base.toml}         # [shards]: seq 128, dupe_factor 5, dynamic masking, 64-shard multiple
-PHASE2_CONFIG=${PHASE2_CONFIG:-}            # e.g. configs/base-phase2.toml to also build seq-512 shards
+CONFIG=${CONFIG:-configs/cluster-base.toml} # [shards]: seq 128, dupe_factor 5, dynamic masking, 64-shard multiple
+PHASE2_CONFIG=${PHASE2_CONFIG:-}            # e.g. configs/cluster-base-phase2.toml to also build seq-512 shards
 HOSTFILE=${HOSTFILE:-hostfile}              # 'host slots=N' lines; comments allowed
 WORKERS=${WORKERS:-16}                      # shard worker processes per host (CPU cores)
 KOBERT=${KOBERT:-kobert-pretrain}
