@@ -29,7 +29,8 @@ import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kobert_pretrain.checkpoint import CheckpointManager  # noqa: E402
-from kobert_pretrain.model import PRESETS, ModelShape, build_model  # noqa: E402
+from kobert_pretrain.config import PRESETS  # noqa: E402
+from kobert_pretrain.model import ModelShape, build_model  # noqa: E402
 
 
 def main() -> None:
@@ -43,13 +44,10 @@ def main() -> None:
         shape = ModelShape(*PRESETS[args.preset], vocab_size=8002, dropout=0.1, use_nsp=True)
         net = build_model(shape)
         net.initialize(mx.init.Normal(0.02))
-        from kobert_pretrain.train import Trainer
+        from kobert_pretrain.train_state import load_optimizer_states, save_optimizer_states
 
         trainer = mx.gluon.Trainer(net.collect_params(), "lamb", {"learning_rate": 1e-4}, kvstore=None,
                                    update_on_kvstore=False)
-        # The trainer's optimizer-state writer, bound to this bare model (no shards needed).
-        io = Trainer.__new__(Trainer)
-        io.mx, io.trainer, io.ctx = mx, trainer, mx.cpu()
         ids = mx.nd.ones((1, 8))
         with mx.autograd.record():
             out = net(ids, ids * 0, mx.nd.array([8]), mx.nd.zeros((1, 1)))
@@ -65,7 +63,7 @@ def main() -> None:
 
         def write(tmp: Path) -> None:
             net.save_parameters(str(tmp / "model.params"))
-            io._save_optimizer(tmp)
+            save_optimizer_states(trainer, tmp)
 
         started = time.perf_counter()
         path = manager.save(1, write, {"step": 1})
@@ -74,7 +72,7 @@ def main() -> None:
         started = time.perf_counter()
         ckpt = manager.latest()
         net.load_parameters(str(ckpt.path / "model.params"))
-        io._load_optimizer(ckpt.path)
+        load_optimizer_states(trainer, ckpt.path, mx.cpu())
         mx.nd.waitall()
         load_s = time.perf_counter() - started
 

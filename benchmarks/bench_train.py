@@ -37,7 +37,8 @@ import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kobert_pretrain.config import Config, ShardsConfig, VocabConfig  # noqa: E402
-from kobert_pretrain.model import PRESETS, ModelShape, build_model  # noqa: E402
+from kobert_pretrain.config import PRESETS  # noqa: E402
+from kobert_pretrain.model import ModelShape, build_model  # noqa: E402
 from kobert_pretrain.shards import build_shards  # noqa: E402
 from kobert_pretrain.train import Trainer  # noqa: E402
 from kobert_pretrain.vocab import build_vocab  # noqa: E402
@@ -107,7 +108,7 @@ def trainer_loop(cfg: Config, steps: int) -> tuple[float, float]:
         phase = trainer.phases[0]
         for r in range(steps):
             loader_lengths.append(phase.loader.batch_at(0, r)["input_ids"].shape[1])
-        return steps * phase.global_batch / seconds, float(np.mean(loader_lengths))
+        return steps * phase.global_batch_size / seconds, float(np.mean(loader_lengths))
     finally:
         trainer.close()
 

@@ -25,16 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kobert_pretrain.errors import UserError
-from kobert_pretrain.fsutil import disk_full_error, fsync_dir, sha256_file
+from kobert_pretrain.fsutil import atomic_dir, disk_full_error, fsync_dir, verify_files
+from kobert_pretrain.run_dir import CHECKPOINTS, METRICS, RunDir
 from kobert_pretrain.text import warn
+from kobert_pretrain.train_state import TrainingState
 
-CHECKPOINTS = "checkpoints"
 META = "meta.json"
 FORMAT = "kobert-pretrain-checkpoint/1"
 _NAME = re.compile(r"^step-(\d{8})$")
 DAMAGED = ".damaged"
-STATE_KEYS = ("step", "phase", "data", "tokens_seen", "sequences_seen", "loss_scaler", "world_size", "model_shape",
-              "vocab_sha256", "shards", "config")
 
 
 def checkpoint_name(step: int) -> str:
@@ -67,21 +66,15 @@ class Checkpoint:
             raise UserError(f"checkpoint {self.path}: {name} changed while it was being read")
         return data
 
-    def training_state(self) -> dict:
+    def training_state(self) -> TrainingState:
         """state.json of a checkpoint written by `train`, checked for the fields the stages read."""
-        state = self.state()
-        missing = [k for k in STATE_KEYS if k not in state]
-        if missing or not isinstance(state["step"], int) or not isinstance(state["model_shape"], dict) \
-                or not isinstance(state["config"], dict):
-            raise UserError(f"checkpoint {self.path}: state.json is not a kobert-pretrain training state "
-                            f"({'missing ' + ', '.join(missing) if missing else 'bad values'})")
-        return state
+        return TrainingState.from_dict(self.state(), self.path)
 
 
 class CheckpointManager:
-    def __init__(self, run_dir: str | Path, keep_last: int = 3, keep_every: int = 0, is_writer: bool = True):
-        self.run_dir = Path(run_dir)
-        self.dir = self.run_dir / CHECKPOINTS
+    def __init__(self, run_dir: RunDir | str | Path, keep_last: int = 3, keep_every: int = 0, is_writer: bool = True):
+        self.run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.dir = self.run_dir.checkpoints
         self.keep_last = keep_last
         self.keep_every = keep_every
         self.is_writer = is_writer
@@ -106,30 +99,17 @@ class CheckpointManager:
             return None
         final = self.dir / checkpoint_name(step)
         tmp = self.dir / f"{checkpoint_name(step)}.tmp-{os.getpid()}"
+        failure = []  # what went wrong, judged before the partial files are freed: is the disk full?
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            write_files(tmp)
-            (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            files = {}
-            for f in sorted(tmp.iterdir()):
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-                files[f.name] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
-            meta = {"format": FORMAT, "step": step, "files": files}
-            with open(tmp / META, "w", encoding="utf-8") as fh:
-                json.dump(meta, fh, indent=2, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            fsync_dir(tmp)
-            if final.exists():
-                shutil.rmtree(final)  # an older save of the same step (a resumed run reaching it again)
-            os.rename(tmp, final)
-            fsync_dir(self.dir)
+            # replace=True: an older save of the same step (a resumed run reaching it again)
+            with atomic_dir(tmp, final, manifest=META, manifest_fields={"format": FORMAT, "step": step}, replace=True,
+                            on_error=lambda e: failure.append(_write_failure(e, self.dir))) as building:
+                write_files(building)
+                (building / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n",
+                                                     encoding="utf-8")
         except Exception as e:
-            reason = _write_failure(e, self.dir)  # before freeing the partial files: is the disk full?
-            shutil.rmtree(tmp, ignore_errors=True)
+            reason = failure[0] if failure else _write_failure(e, self.dir)
             if reason is None:
                 raise  # a bug, not the disk: keep the traceback
             # Name the previous checkpoint without re-hashing gigabytes just for an error message.
@@ -156,10 +136,6 @@ class CheckpointManager:
         found = [p for p in self.dir.iterdir() if p.is_dir() and _NAME.match(p.name)]
         return sorted(found, key=lambda p: p.name, reverse=True)
 
-    def verify(self, path: Path) -> Checkpoint | None:
-        """The checkpoint at `path` if its meta.json is valid and every checksum matches."""
-        return self.check(path)[0]
-
     def check(self, path: Path) -> tuple[Checkpoint | None, str]:
         """(the checkpoint, "") if `path` is complete and intact, else (None, what is wrong with it)."""
         try:
@@ -169,19 +145,14 @@ class CheckpointManager:
         except (OSError, ValueError):
             return None, "meta.json is unreadable"
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("files"), dict) \
-                or not isinstance(meta.get("step"), int):
+                or not isinstance(meta.get("step"), int) or not all(isinstance(e, dict) for e in meta["files"].values()):
             return None, "meta.json is not a kobert-pretrain checkpoint description"
-        for name, entry in meta["files"].items():
-            f = path / name
-            try:
-                if f.stat().st_size != entry["bytes"]:
-                    return None, f"{name} has {f.stat().st_size} bytes, {entry['bytes']} expected"
-                if sha256_file(f) != entry["sha256"]:
-                    return None, f"{name} fails its checksum"
-            except OSError:
-                return None, f"{name} is missing or unreadable"
-            except (TypeError, KeyError):
-                return None, "meta.json is not a kobert-pretrain checkpoint description"
+        try:
+            problem = verify_files(path, meta["files"])
+        except ValueError:
+            return None, "meta.json is not a kobert-pretrain checkpoint description"
+        if problem is not None:
+            return None, problem
         return Checkpoint(path=path, step=meta["step"], meta=meta), ""
 
     def latest(self, report: bool = False, set_aside: bool = False) -> Checkpoint | None:
@@ -222,8 +193,8 @@ class CheckpointManager:
         if resume == "auto":
             return self.latest(report=True, set_aside=True)
         if resume == "none":
-            if self._candidates() or (self.run_dir / "metrics.jsonl").exists():
-                raise UserError(f"{self.run_dir} already holds a run; use --resume auto to continue it, "
+            if self.run_dir.holds_run(has_checkpoints=bool(self._candidates())):
+                raise UserError(f"{self.run_dir.path} already holds a run; use --resume auto to continue it, "
                                 "or choose another --out")
             return None
         path = Path(resume)
@@ -252,9 +223,8 @@ class CheckpointManager:
         target.mkdir(parents=True)
         for path in newer:
             os.rename(path, target / path.name)
-        metrics = self.run_dir / "metrics.jsonl"
-        if metrics.is_file():
-            shutil.copy2(metrics, target / "metrics.jsonl")
+        if self.run_dir.metrics.is_file():
+            shutil.copy2(self.run_dir.metrics, target / METRICS)
         fsync_dir(self.dir)
         warn(f"resuming from {ckpt.path.name}: the {len(newer)} newer checkpoint(s) of the previous history "
              f"({', '.join(p.name for p in reversed(newer))}) and its metrics moved to {target}")
@@ -263,7 +233,7 @@ class CheckpointManager:
 def find_checkpoint(source: str | Path) -> Checkpoint:
     """A checkpoint directory, or the newest intact checkpoint of a run directory."""
     source = Path(source)
-    manager = CheckpointManager(source.parent.parent if source.parent.name == CHECKPOINTS else source)
+    manager = CheckpointManager(RunDir.of_checkpoint(source) if source.parent.name == CHECKPOINTS else RunDir(source))
     if source.exists() and not source.is_dir():
         raise UserError(f"{source} is a file, not a run or checkpoint directory")
     if (source / META).exists() or source.parent.name == CHECKPOINTS:
@@ -332,7 +302,7 @@ def export_params(source: str | Path, out: str | Path) -> Path:
         raise UserError(f"checkpoint {ckpt.path}: model.params passes its checksum but is not an MXNet "
                         "parameter file") from None
     atomic_write_bytes(out, data)
-    atomic_write_json(description, {"model_shape": state["model_shape"], "step": state["step"],
-                                                 "vocab_sha256": state["vocab_sha256"],
-                                                 "tokens_seen": state["tokens_seen"], "checkpoint": str(ckpt.path)})
+    atomic_write_json(description, {"model_shape": state.model_shape, "step": state.step,
+                                    "vocab_sha256": state.vocab_sha256, "tokens_seen": state.tokens_seen,
+                                    "checkpoint": str(ckpt.path)})
     return out

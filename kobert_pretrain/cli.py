@@ -68,7 +68,8 @@ def _run_inspect(args: argparse.Namespace, cfg) -> None:
 
 
 def _run_train(args: argparse.Namespace, cfg) -> int:
-    from kobert_pretrain.train import EXIT_PREEMPTED, Preempted, train
+    from kobert_pretrain.run_dir import EXIT_PREEMPTED, Preempted
+    from kobert_pretrain.train import train
 
     try:
         train(cfg, resume=args.resume)
@@ -118,9 +119,7 @@ def _run_doctor(args: argparse.Namespace, cfg) -> int:
             return 0
     else:
         hosts = parse_hostfile(args.hostfile) if args.hostfile else parse_hosts(args.hosts)
-        forwarded = [f"--{k.replace('_', '-')}={v}" for k, v in checks.items() if v not in (None, False)]
-        forwarded = [a if not a.startswith("--need-gpu") else "--gpu" for a in forwarded]
-        reports = doctor.remote_reports(hosts, forwarded)
+        reports = doctor.remote_reports(hosts, checks)
         doctor.compare_hosts(reports)
     print(doctor.table(reports))
     return 1 if any(r["problems"] for r in reports) else 0

@@ -23,11 +23,60 @@ from typing import Any
 from kobert_pretrain.errors import ConfigError, UserError
 
 
-def opt(default: Any, help: str) -> Any:
-    """A dataclass field with a help text (shown by --help)."""
+def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
+        max: float | None = None, open_min: bool = False, open_max: bool = False, note: str = "",
+        shown: str = "") -> Any:
+    """A dataclass field with its help text and its bounds, both shown by --help.
+
+    Bounds: `choices` (the allowed strings), or `min` and/or `max` (inclusive; `open_min` / `open_max`
+    exclude them). `note` is added to the message in parentheses ("0 = preset"); `shown` replaces the
+    printed range ("[1, 2^24]"). `bounds_problems` checks them; a section's `validate()` adds only the
+    rules that involve more than one field (or whether a field is given at all).
+    """
+    metadata = {"help": help, "choices": choices, "min": min, "max": max, "open_min": open_min,
+                "open_max": open_max, "note": note, "shown": shown}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _number(x: float) -> str:
+    return f"{x:g}"
+
+
+def bounds_text(metadata: Any) -> str:
+    """The bounds of a field as --help and the error messages show them: "one of a, b", ">= 1", "[0, 1)"."""
+    lo, hi = metadata.get("min"), metadata.get("max")
+    if metadata.get("choices"):
+        return "one of " + ", ".join(metadata["choices"])
+    if metadata.get("shown"):
+        return "in " + metadata["shown"]
+    if lo is not None and hi is not None:
+        return (f"in {'(' if metadata['open_min'] else '['}{_number(lo)}, {_number(hi)}"
+                f"{')' if metadata['open_max'] else ']'}")
+    if lo is not None:
+        return f"{'>' if metadata['open_min'] else '>='} {_number(lo)}"
+    if hi is not None:
+        return f"{'<' if metadata['open_max'] else '<='} {_number(hi)}"
+    return ""
+
+
+def bounds_problems(section: str, obj: Any) -> list[str]:
+    """`section.field=value: must be ...` for every field of `obj` outside the bounds beside its help."""
+    problems = []
+    for f in dataclasses.fields(obj):
+        m, value = f.metadata, getattr(obj, f.name)
+        lo, hi = m.get("min"), m.get("max")
+        if m.get("choices"):
+            bad = value not in m["choices"]
+        else:
+            bad = (lo is not None and (value <= lo if m["open_min"] else value < lo)) \
+                or (hi is not None and (value >= hi if m["open_max"] else value > hi))
+        if bad:
+            shown = repr(value) if m.get("choices") else (_number(value) if m.get("shown") else value)
+            problems.append(f"{section}.{f.name}={shown}: must be {bounds_text(m)}"
+                            + (f" ({m['note']})" if m.get("note") else ""))
+    return problems
 
 
 SPM_MODEL_TYPES = ("unigram", "bpe")
@@ -40,24 +89,30 @@ class VocabConfig:
 
     input: list[str] = opt([], "text files, globs or directories: UTF-8, one sentence per line")
     out: str = opt("", "output directory; must be new or empty")
-    vocab_size: int = opt(8002, "pieces in the vocabulary, the 5 special tokens included (KoBERT: 8002)")
-    model_type: str = opt("unigram", "SentencePiece algorithm: unigram or bpe")
-    character_coverage: float = opt(0.9995, "fraction of characters the vocabulary covers; the rest become [UNK]")
+    vocab_size: int = opt(8002, "pieces in the vocabulary, the 5 special tokens included (KoBERT: 8002)",
+                          min=5, open_min=True, note="5 ids are special tokens")
+    model_type: str = opt("unigram", "SentencePiece algorithm: unigram or bpe", choices=SPM_MODEL_TYPES)
+    character_coverage: float = opt(0.9995, "fraction of characters the vocabulary covers; the rest become [UNK]",
+                                    min=0.5, max=1.0)
     normalization_rule_name: str = opt(
-        "nmt_nfkc", "Unicode normalization: nmt_nfkc, nfkc, identity (keeps compatibility jamo such as ㅋㅋ), ..."
+        "nmt_nfkc", "Unicode normalization: nmt_nfkc, nfkc, identity (keeps compatibility jamo such as ㅋㅋ), ...",
+        choices=SPM_NORMALIZATIONS
     )
     input_sentence_size: int = opt(
-        10_000_000, "sentences sampled for training, 0 = all; bounds memory (about 200 bytes each)"
+        10_000_000, "sentences sampled for training, 0 = all; bounds memory (about 200 bytes each)",
+        min=0
     )
     shuffle_input_sentence: bool = opt(True, "sample input_sentence_size sentences uniformly, not the first ones")
-    max_sentence_length: int = opt(16384, "longest sentence used for training, in UTF-8 bytes; longer are skipped")
-    max_sentencepiece_length: int = opt(16, "longest piece, in characters")
+    max_sentence_length: int = opt(16384, "longest sentence used for training, in UTF-8 bytes; longer are skipped",
+                                   min=1)
+    max_sentencepiece_length: int = opt(16, "longest piece, in characters", min=1, max=512)
     split_digits: bool = opt(False, "split runs of digits into single-digit pieces")
     byte_fallback: bool = opt(False, "encode unknown characters as UTF-8 byte pieces instead of [UNK]")
     num_threads: int = opt(
-        16, "training threads; fixed by default because SentencePiece's result depends on the thread count"
+        16, "training threads; fixed by default because SentencePiece's result depends on the thread count",
+        min=1
     )
-    seed: int = opt(42, "seed of SentencePiece's sentence sampling")
+    seed: int = opt(42, "seed of SentencePiece's sentence sampling", min=0)
 
     def validate(self) -> list[str]:
         problems = []
@@ -65,28 +120,7 @@ class VocabConfig:
             problems.append("vocab.input: give at least one --input file, glob or directory")
         if not self.out:
             problems.append("vocab.out: give an output directory with --out")
-        if self.vocab_size < 6:
-            problems.append(f"vocab.vocab_size={self.vocab_size}: must be > 5 (5 ids are special tokens)")
-        if self.model_type not in SPM_MODEL_TYPES:
-            problems.append(f"vocab.model_type={self.model_type!r}: must be one of {', '.join(SPM_MODEL_TYPES)}")
-        if not 0.5 <= self.character_coverage <= 1.0:
-            problems.append(f"vocab.character_coverage={self.character_coverage}: must be in [0.5, 1]")
-        if self.normalization_rule_name not in SPM_NORMALIZATIONS:
-            problems.append(
-                f"vocab.normalization_rule_name={self.normalization_rule_name!r}: "
-                f"must be one of {', '.join(SPM_NORMALIZATIONS)}"
-            )
-        if self.input_sentence_size < 0:
-            problems.append(f"vocab.input_sentence_size={self.input_sentence_size}: must be >= 0")
-        if self.max_sentence_length < 1:
-            problems.append(f"vocab.max_sentence_length={self.max_sentence_length}: must be >= 1")
-        if not 1 <= self.max_sentencepiece_length <= 512:
-            problems.append(f"vocab.max_sentencepiece_length={self.max_sentencepiece_length}: must be in [1, 512]")
-        if self.num_threads < 1:
-            problems.append(f"vocab.num_threads={self.num_threads}: must be >= 1")
-        if self.seed < 0:
-            problems.append(f"vocab.seed={self.seed}: must be >= 0")
-        return problems
+        return problems + bounds_problems("vocab", self)
 
 
 INPUT_FORMATS = ("sentences", "documents")
@@ -102,24 +136,32 @@ class ShardsConfig:
     out: str = opt("", "output directory for the shard set; a re-run with the same arguments resumes it")
     input_format: str = opt(
         "sentences", "sentences: one sentence per line, blank line between documents; documents: one document "
-        "per line, split into sentences after . ? ! and whitespace"
+        "per line, split into sentences after . ? ! and whitespace",
+        choices=INPUT_FORMATS
     )
-    max_seq_length: int = opt(128, "tokens per instance, [CLS] and both [SEP] included")
-    dupe_factor: int = opt(5, "passes over the corpus, each with other pairings (google: 10, GluonNLP: 5)")
-    short_seq_prob: float = opt(0.1, "probability of a shorter target length, drawn from [2, max_seq_length - 3]")
-    random_next_prob: float = opt(0.5, "probability that segment B comes from another document (NSP label 1)")
-    masking: str = opt("dynamic", "dynamic: the loader draws new masks every epoch; static: masks in the shards")
-    masked_lm_prob: float = opt(0.15, "fraction of tokens to predict, before the max_predictions_per_seq cap")
+    max_seq_length: int = opt(128, "tokens per instance, [CLS] and both [SEP] included", min=8, max=65535)
+    dupe_factor: int = opt(5, "passes over the corpus, each with other pairings (google: 10, GluonNLP: 5)", min=1)
+    short_seq_prob: float = opt(0.1, "probability of a shorter target length, drawn from [2, max_seq_length - 3]",
+                                min=0, max=1)
+    random_next_prob: float = opt(0.5, "probability that segment B comes from another document (NSP label 1)",
+                                  min=0, max=1)
+    masking: str = opt("dynamic", "dynamic: the loader draws new masks every epoch; static: masks in the shards",
+                       choices=MASKING_MODES)
+    masked_lm_prob: float = opt(0.15, "fraction of tokens to predict, before the max_predictions_per_seq cap",
+                                min=0, max=1, open_min=True, open_max=True)
     max_predictions_per_seq: int = opt(20, "masked positions per instance at most (20 at seq 128, 80 at 512)")
     whole_word_mask: bool = opt(False, "mask whole words: a piece starting with '\u2581' and its continuations")
-    num_shards: int = opt(0, "shard files; 0 = enough for about target_shard_mb each, rounded to num_shards_multiple")
-    num_shards_multiple: int = opt(8, "with num_shards = 0, make the count a multiple of this (readers per set)")
-    target_shard_mb: float = opt(256.0, "with num_shards = 0, approximate token data per shard, in MB")
+    num_shards: int = opt(0, "shard files; 0 = enough for about target_shard_mb each, rounded to num_shards_multiple",
+                          min=0, note="0 = automatic")
+    num_shards_multiple: int = opt(8, "with num_shards = 0, make the count a multiple of this (readers per set)", min=1)
+    target_shard_mb: float = opt(256.0, "with num_shards = 0, approximate token data per shard, in MB",
+                                 min=0, open_min=True)
     chunk_mb: float = opt(
-        4.0, "input text per generation task, in MB: bounds worker memory and the random-next document pool"
+        4.0, "input text per generation task, in MB: bounds worker memory and the random-next document pool",
+        min=0, open_min=True
     )
-    workers: int = opt(1, "worker processes on this machine (under horovodrun: per rank)")
-    seed: int = opt(12345, "seed of pairing, truncation, static masks and shuffling")
+    workers: int = opt(1, "worker processes on this machine (under horovodrun: per rank)", min=1)
+    seed: int = opt(12345, "seed of pairing, truncation, static masks and shuffling", min=0)
 
     def validate(self) -> list[str]:
         problems = []
@@ -129,36 +171,11 @@ class ShardsConfig:
             problems.append("shards.vocab: give the vocabulary directory with --vocab")
         if not self.out:
             problems.append("shards.out: give an output directory with --out")
-        if self.input_format not in INPUT_FORMATS:
-            problems.append(f"shards.input_format={self.input_format!r}: must be one of {', '.join(INPUT_FORMATS)}")
-        if not 8 <= self.max_seq_length <= 65535:
-            problems.append(f"shards.max_seq_length={self.max_seq_length}: must be in [8, 65535]")
-        if self.dupe_factor < 1:
-            problems.append(f"shards.dupe_factor={self.dupe_factor}: must be >= 1")
-        for name in ("short_seq_prob", "random_next_prob"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                problems.append(f"shards.{name}={value}: must be in [0, 1]")
-        if self.masking not in MASKING_MODES:
-            problems.append(f"shards.masking={self.masking!r}: must be one of {', '.join(MASKING_MODES)}")
-        if not 0.0 < self.masked_lm_prob < 1.0:
-            problems.append(f"shards.masked_lm_prob={self.masked_lm_prob}: must be in (0, 1)")
+        problems += bounds_problems("shards", self)
         if not 1 <= self.max_predictions_per_seq <= self.max_seq_length - 3:
             problems.append(
                 f"shards.max_predictions_per_seq={self.max_predictions_per_seq}: must be in [1, max_seq_length - 3]"
             )
-        if self.num_shards < 0:
-            problems.append(f"shards.num_shards={self.num_shards}: must be >= 0 (0 = automatic)")
-        if self.num_shards_multiple < 1:
-            problems.append(f"shards.num_shards_multiple={self.num_shards_multiple}: must be >= 1")
-        if self.target_shard_mb <= 0:
-            problems.append(f"shards.target_shard_mb={self.target_shard_mb}: must be > 0")
-        if self.chunk_mb <= 0:
-            problems.append(f"shards.chunk_mb={self.chunk_mb}: must be > 0")
-        if self.workers < 1:
-            problems.append(f"shards.workers={self.workers}: must be >= 1")
-        if self.seed < 0:
-            problems.append(f"shards.seed={self.seed}: must be >= 0")
         return problems
 
     # Fields that say where and how fast to run, not what to produce: they are left out
@@ -169,26 +186,33 @@ class ShardsConfig:
         return {k: v for k, v in to_dict(self).items() if k not in self.RUN_LOCAL}
 
 
-MODEL_PRESETS = ("debug", "small", "base", "large")
+# name: (num_layers, units, hidden_size, num_heads, max_length)
+PRESETS: dict[str, tuple[int, int, int, int, int]] = {
+    "debug": (2, 64, 256, 2, 128),
+    "small": (4, 512, 2048, 8, 512),  # Google's compact BERT-Small (L=4, H=512)
+    "base": (12, 768, 3072, 12, 512),  # KoBERT / BERT-base
+    "large": (24, 1024, 4096, 16, 512),
+}
+MODEL_PRESETS = tuple(PRESETS)
 
 
 @dataclass
 class ModelConfig:
     """The BERT shape: a preset, with any field overridable (0 = take the preset's value)."""
 
-    preset: str = opt("base", "debug (2 x 64), small (4 x 512), base (12 x 768, KoBERT), large (24 x 1024)")
-    num_layers: int = opt(0, "transformer layers; 0 = preset")
-    units: int = opt(0, "hidden size of the model; 0 = preset")
-    hidden_size: int = opt(0, "feed-forward inner size; 0 = preset")
-    num_heads: int = opt(0, "attention heads; 0 = preset")
-    max_length: int = opt(0, "position embeddings (longest sequence); 0 = preset")
-    dropout: float = opt(0.1, "dropout probability in embeddings, attention and feed-forward")
+    preset: str = opt("base", "debug (2 x 64), small (4 x 512), base (12 x 768, KoBERT), large (24 x 1024)",
+                      choices=MODEL_PRESETS)
+    num_layers: int = opt(0, "transformer layers; 0 = preset", min=0, note="0 = preset")
+    units: int = opt(0, "hidden size of the model; 0 = preset", min=0, note="0 = preset")
+    hidden_size: int = opt(0, "feed-forward inner size; 0 = preset", min=0, note="0 = preset")
+    num_heads: int = opt(0, "attention heads; 0 = preset", min=0, note="0 = preset")
+    max_length: int = opt(0, "position embeddings (longest sequence); 0 = preset", min=0, note="0 = preset")
+    dropout: float = opt(0.1, "dropout probability in embeddings, attention and feed-forward",
+                         min=0, max=1, open_max=True)
     use_nsp: bool = opt(True, "train the next-sentence head; false = MLM only")
 
     def resolved(self) -> dict:
         """The shape with preset values filled in."""
-        from kobert_pretrain.model import PRESETS
-
         layers, units, hidden, heads, length = PRESETS.get(self.preset, (0, 0, 0, 0, 0))
         return {
             "num_layers": self.num_layers or layers,
@@ -199,10 +223,13 @@ class ModelConfig:
         }
 
     def validate(self) -> list[str]:
-        problems = []
+        problems = bounds_problems("model", self)
         if self.preset not in MODEL_PRESETS:
-            problems.append(f"model.preset={self.preset!r}: must be one of {', '.join(MODEL_PRESETS)}")
             return problems
+        shape = self.resolved()
+        if shape["num_heads"] > 0 and shape["units"] % shape["num_heads"]:
+            problems.append(f"model: units {shape['units']} is not divisible by num_heads {shape['num_heads']}")
+        return problems
         shape = self.resolved()
         for name in ("num_layers", "units", "hidden_size", "num_heads", "max_length"):
             if getattr(self, name) < 0:
@@ -228,38 +255,42 @@ class TrainConfig:
     out: str = opt("", "run directory: metrics.jsonl, checkpoints/, config.json")
     vocab: str = opt("", "vocabulary directory; empty = the one recorded in the shards' config")
     eval_shards: str = opt("", "held-out shard directory for evaluation; empty = no evaluation")
-    max_steps: int = opt(1000, "optimizer steps in total (both phases)")
-    micro_batch_size: int = opt(32, "sequences per rank per forward/backward")
-    global_batch_size: int = opt(0, "sequences per optimizer step over all ranks; 0 = micro x ranks")
+    max_steps: int = opt(1000, "optimizer steps in total (both phases)", min=1)
+    micro_batch_size: int = opt(32, "sequences per rank per forward/backward", min=1)
+    global_batch_size: int = opt(0, "sequences per optimizer step over all ranks; 0 = micro x ranks", min=0)
     phase2_shards: str = opt("", "shard directory for phase 2 (e.g. seq 512); empty = one phase")
-    phase2_start_step: int = opt(0, "step at which phase 2 begins (0 = no phase 2)")
-    phase2_micro_batch_size: int = opt(0, "micro batch in phase 2; 0 = micro_batch_size")
-    phase2_global_batch_size: int = opt(0, "global batch in phase 2; 0 = global_batch_size")
-    optimizer: str = opt("lamb", "lamb (MXNet's LAMB) or bertadam (GluonNLP's Adam with decoupled weight decay)")
-    lr: float = opt(1e-4, "peak learning rate")
-    warmup_steps: int = opt(100, "steps of linear warm-up from 0 to lr")
-    decay: str = opt("linear", "after warm-up: linear or poly (power decay_power) down to end_lr at max_steps")
+    phase2_start_step: int = opt(0, "step at which phase 2 begins (0 = no phase 2)", min=0)
+    phase2_micro_batch_size: int = opt(0, "micro batch in phase 2; 0 = micro_batch_size", min=0)
+    phase2_global_batch_size: int = opt(0, "global batch in phase 2; 0 = global_batch_size", min=0)
+    optimizer: str = opt("lamb", "lamb (MXNet's LAMB) or bertadam (GluonNLP's Adam with decoupled weight decay)",
+                         choices=OPTIMIZERS)
+    lr: float = opt(1e-4, "peak learning rate", min=0, open_min=True)
+    warmup_steps: int = opt(100, "steps of linear warm-up from 0 to lr", min=0)
+    decay: str = opt("linear", "after warm-up: linear or poly (power decay_power) down to end_lr at max_steps",
+                     choices=DECAYS)
     decay_power: float = opt(1.0, "exponent of the poly decay")
     end_lr: float = opt(0.0, "learning rate at max_steps")
-    weight_decay: float = opt(0.01, "decoupled weight decay; not applied to LayerNorm and biases")
+    weight_decay: float = opt(0.01, "decoupled weight decay; not applied to LayerNorm and biases", min=0)
     beta1: float = opt(0.9, "first-moment decay")
     beta2: float = opt(0.999, "second-moment decay")
     epsilon: float = opt(1e-6, "optimizer epsilon")
-    clip_grad_norm: float = opt(1.0, "clip the global gradient norm to this (over all ranks); 0 = off")
-    dtype: str = opt("float32", "float32, or float16 (GPU: fp16 compute, fp32 master weights, loss scaling)")
-    loss_scale: float = opt(1024.0, "initial dynamic loss scale for float16 (GluonNLP: 2^10)")
-    loss_scale_window: int = opt(2000, "steps without overflow before the loss scale doubles")
+    clip_grad_norm: float = opt(1.0, "clip the global gradient norm to this (over all ranks); 0 = off", min=0)
+    dtype: str = opt("float32", "float32, or float16 (GPU: fp16 compute, fp32 master weights, loss scaling)",
+                     choices=DTYPES)
+    loss_scale: float = opt(1024.0, "initial dynamic loss scale for float16 (GluonNLP: 2^10)",
+                            min=1, max=2 ** 24, shown="[1, 2^24]")
+    loss_scale_window: int = opt(2000, "steps without overflow before the loss scale doubles", min=1)
     max_skipped_steps: int = opt(
         50, "stop as diverged after this many steps in a row with non-finite gradients (each is skipped); "
-            "0 = never stop")
-    device: str = opt("auto", "auto (GPU local_rank if any), cpu or gpu")
+            "0 = never stop", min=0)
+    device: str = opt("auto", "auto (GPU local_rank if any), cpu or gpu", choices=DEVICES)
     fp16_allreduce: bool = opt(False, "compress gradients to fp16 for the allreduce (Horovod)")
-    allreduce_groups: int = opt(0, "Horovod grouped allreduce: number of groups; 0 = one allreduce per tensor")
-    eval_interval: int = opt(0, "steps between evaluations; 0 = only at the end (if eval_shards)")
-    eval_batches: int = opt(50, "micro-batches per rank per evaluation")
-    bucket_window: int = opt(64, "rounds of micro-batches sorted together by length; 1 = no bucketing")
-    prefetch: int = opt(4, "batches prepared ahead by the loader thread")
-    seed: int = opt(0, "seed of initialisation, data order, dynamic masks and dropout")
+    allreduce_groups: int = opt(0, "Horovod grouped allreduce: number of groups; 0 = one allreduce per tensor", min=0)
+    eval_interval: int = opt(0, "steps between evaluations; 0 = only at the end (if eval_shards)", min=0)
+    eval_batches: int = opt(50, "micro-batches per rank per evaluation", min=1)
+    bucket_window: int = opt(64, "rounds of micro-batches sorted together by length; 1 = no bucketing", min=1)
+    prefetch: int = opt(4, "batches prepared ahead by the loader thread", min=0)
+    seed: int = opt(0, "seed of initialisation, data order, dynamic masks and dropout", min=0)
 
     def validate(self) -> list[str]:
         problems = []
@@ -267,30 +298,9 @@ class TrainConfig:
             problems.append("train.shards: give the shard directory with --shards")
         if not self.out:
             problems.append("train.out: give a run directory with --out")
-        for name in ("max_steps", "micro_batch_size", "eval_batches", "bucket_window", "loss_scale_window"):
-            if getattr(self, name) < 1:
-                problems.append(f"train.{name}={getattr(self, name)}: must be >= 1")
-        for name in ("global_batch_size", "phase2_start_step", "phase2_micro_batch_size",
-                     "phase2_global_batch_size", "warmup_steps", "eval_interval", "prefetch",
-                     "allreduce_groups", "seed", "max_skipped_steps"):
-            if getattr(self, name) < 0:
-                problems.append(f"train.{name}={getattr(self, name)}: must be >= 0")
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"train.optimizer={self.optimizer!r}: must be one of {', '.join(OPTIMIZERS)}")
-        if self.decay not in DECAYS:
-            problems.append(f"train.decay={self.decay!r}: must be one of {', '.join(DECAYS)}")
-        if self.dtype not in DTYPES:
-            problems.append(f"train.dtype={self.dtype!r}: must be one of {', '.join(DTYPES)}")
-        if self.device not in DEVICES:
-            problems.append(f"train.device={self.device!r}: must be one of {', '.join(DEVICES)}")
-        if self.lr <= 0:
-            problems.append(f"train.lr={self.lr}: must be > 0")
+        problems += bounds_problems("train", self)
         if not 0 <= self.end_lr <= self.lr:
             problems.append(f"train.end_lr={self.end_lr}: must be in [0, lr]")
-        if self.clip_grad_norm < 0 or self.weight_decay < 0:
-            problems.append("train: clip_grad_norm and weight_decay must be >= 0")
-        if not 1 <= self.loss_scale <= 2 ** 24:
-            problems.append(f"train.loss_scale={self.loss_scale:g}: must be in [1, 2^24]")
         if self.phase2_shards and not self.phase2_start_step:
             problems.append("train.phase2_shards is set but phase2_start_step is 0: say when phase 2 begins")
         elif self.phase2_start_step and not self.phase2_shards:
@@ -305,33 +315,25 @@ class TrainConfig:
 class LogConfig:
     """Logging of `kobert-pretrain train`."""
 
-    interval: int = opt(10, "steps between log lines (and metrics.jsonl records)")
+    interval: int = opt(10, "steps between log lines (and metrics.jsonl records)", min=1)
     tensorboard: bool = opt(True, "also write TensorBoard event files when tensorboardX is installed")
 
     def validate(self) -> list[str]:
-        return [f"log.interval={self.interval}: must be >= 1"] if self.interval < 1 else []
+        return bounds_problems("log", self)
 
 
 @dataclass
 class CheckpointConfig:
     """Checkpoints of `kobert-pretrain train` (RUN_DIR/checkpoints/step-00001000/)."""
 
-    interval: int = opt(1000, "steps between checkpoints; 0 = only at the end (and on signals)")
-    minutes: float = opt(30.0, "also save when this many minutes passed since the last save; 0 = off")
-    keep_last: int = opt(3, "newest checkpoints kept; older ones are deleted once a newer one is complete")
-    keep_every: int = opt(0, "also keep every checkpoint whose step is a multiple of this (milestones); 0 = none")
+    interval: int = opt(1000, "steps between checkpoints; 0 = only at the end (and on signals)", min=0)
+    minutes: float = opt(30.0, "also save when this many minutes passed since the last save; 0 = off", min=0)
+    keep_last: int = opt(3, "newest checkpoints kept; older ones are deleted once a newer one is complete", min=1)
+    keep_every: int = opt(0, "also keep every checkpoint whose step is a multiple of this (milestones); 0 = none",
+                          min=0)
 
     def validate(self) -> list[str]:
-        problems = []
-        if self.interval < 0:
-            problems.append(f"checkpoint.interval={self.interval}: must be >= 0")
-        if self.minutes < 0:
-            problems.append(f"checkpoint.minutes={self.minutes}: must be >= 0")
-        if self.keep_last < 1:
-            problems.append(f"checkpoint.keep_last={self.keep_last}: must be >= 1")
-        if self.keep_every < 0:
-            problems.append(f"checkpoint.keep_every={self.keep_every}: must be >= 0")
-        return problems
+        return bounds_problems("checkpoint", self)
 
 
 @dataclass
@@ -342,9 +344,10 @@ class ConvertConfig:
     out: str = opt("", "output directory; must be new or empty")
     vocab: str = opt("", "vocabulary directory; empty = the one recorded with the run's shards")
     onnx: bool = opt(False, "also export model.onnx and check it with onnxruntime")
-    opset: int = opt(17, "ONNX opset version")
-    parity_batches: int = opt(3, "random padded batches compared between MXNet, PyTorch and ONNX")
-    tolerance: float = opt(1e-4, "largest allowed absolute difference (float32) in any compared output")
+    opset: int = opt(17, "ONNX opset version", min=11, max=21)
+    parity_batches: int = opt(3, "random padded batches compared between MXNet, PyTorch and ONNX", min=1)
+    tolerance: float = opt(1e-4, "largest allowed absolute difference (float32) in any compared output",
+                           min=0, open_min=True)
     seed: int = opt(0, "seed of the parity batches")
 
     def validate(self) -> list[str]:
@@ -353,13 +356,7 @@ class ConvertConfig:
             problems.append("convert.source: give a checkpoint or run directory")
         if not self.out:
             problems.append("convert.out: give an output directory with --out")
-        if self.parity_batches < 1:
-            problems.append(f"convert.parity_batches={self.parity_batches}: must be >= 1")
-        if self.tolerance <= 0:
-            problems.append(f"convert.tolerance={self.tolerance}: must be > 0")
-        if not 11 <= self.opset <= 21:
-            problems.append(f"convert.opset={self.opset}: must be in [11, 21]")
-        return problems
+        return problems + bounds_problems("convert", self)
 
 
 # Sections of a config file, in pipeline order.
@@ -406,7 +403,9 @@ def field_help(cls: type) -> list[tuple[str, str, Any, str]]:
     rows = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+        bounds = bounds_text(f.metadata)
+        help_text = f.metadata.get("help", "") + (f" [{bounds}]" if bounds else "")
+        rows.append((f.name, _type_name(hints[f.name]), default, help_text))
     return rows
 
 

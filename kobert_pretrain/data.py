@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from kobert_pretrain.errors import UserError
-from kobert_pretrain.masking import MaskingSpec, mask_batch
+from kobert_pretrain.masking import MaskingSpec, instance_draws, mask_batch
 from kobert_pretrain.shards.format import Shard, ShardSet
 from kobert_pretrain.vocab import PAD, SPECIAL_IDS
 
-TAG_SHARD_ORDER, TAG_WITHIN_SHARD, TAG_BUCKETS, TAG_DYNAMIC_MASK = 11, 12, 13, 14
+TAG_SHARD_ORDER, TAG_WITHIN_SHARD, TAG_BUCKETS = 11, 12, 13  # TAG_DYNAMIC_MASK = 14: masking.instance_draws
 PAD_MULTIPLE = 8  # tensor-core friendly sequence lengths; also bounds distinct shapes (16 at seq 128)
 
 
@@ -41,11 +41,6 @@ class LoaderConfig:
     seed: int = 0
     bucket_window: int = 64  # rounds sorted together by length; 1 = no bucketing
     prefetch: int = 4  # batches prepared ahead by the background thread; 0 = synchronous
-
-
-def instance_draws(seed: int, epoch: int, shard: int, index: int, max_seq_length: int) -> np.ndarray:
-    """The uniforms that decide one instance's dynamic mask in one epoch: (3, max_seq_length)."""
-    return np.random.default_rng([seed, TAG_DYNAMIC_MASK, epoch, shard, index]).random((3, max_seq_length))
 
 
 class PretrainingLoader:
@@ -287,3 +282,69 @@ class PretrainingLoader:
             self.epoch, self.round = self.epoch + 1, 0
         else:
             self.round = new_round
+
+
+class Phase:
+    """One training phase from `first_step` on: its shard set, batch geometry and (once started) loader."""
+
+    def __init__(self, number: int, shard_set: ShardSet, micro_batch_size: int, global_batch_size: int,
+                 first_step: int):
+        self.number = number
+        self.shard_set = shard_set
+        self.micro_batch_size = micro_batch_size
+        self.global_batch_size = global_batch_size
+        self.first_step = first_step
+        self.loader: PretrainingLoader | None = None
+
+    def accumulation(self, world: int) -> int:
+        return self.global_batch_size // (self.micro_batch_size * world)
+
+    def problems(self, max_length: int, world: int) -> list[str]:
+        """What keeps this phase from running on a model of `max_length` positions with `world` ranks."""
+        seq, micro, global_batch = self.shard_set.max_seq_length, self.micro_batch_size, self.global_batch_size
+        problems = []
+        if max_length and seq > max_length:
+            problems.append(f"phase {self.number} shards have max_seq_length {seq} but the model has only "
+                            f"{max_length} positions (model.max_length)")
+        if micro > 0 and global_batch % (micro * world):
+            problems.append(f"phase {self.number}: global batch {global_batch} is not divisible by "
+                            f"micro batch {micro} x {world} rank(s)")
+        if self.shard_set.num_instances < global_batch:
+            problems.append(f"phase {self.number}: {self.shard_set.num_instances} instances, fewer than "
+                            f"one global batch of {global_batch}")
+        return problems
+
+
+def plan_phases(tc, world: int, problems: list[str]) -> tuple[list[Phase], ShardSet | None]:
+    """The phases of a run (`train` config `tc`, `world` ranks) and its eval shard set (or None).
+
+    Phase 2 and eval shards must have phase 1's vocabulary; what is wrong with them is appended
+    to `problems` (reported with every other set-up problem), phase 1's own errors are raised.
+    """
+    def open_set(path, what, **expect):
+        try:
+            return ShardSet.open(path, **expect)
+        except UserError as e:
+            problems.append(f"{what}: {e}")
+            return None
+
+    first = ShardSet.open(tc.shards)
+    vocab_sha = first.index["vocab_sha256"]
+    phases = [Phase(1, first, tc.micro_batch_size, tc.global_batch_size or tc.micro_batch_size * world, 0)]
+    if tc.phase2_shards and tc.phase2_start_step:
+        second = open_set(tc.phase2_shards, "train.phase2_shards", vocab_sha256=vocab_sha)
+        micro2 = tc.phase2_micro_batch_size or tc.micro_batch_size
+        global2 = tc.phase2_global_batch_size or (tc.global_batch_size or micro2 * world)
+        if second is not None:
+            phases.append(Phase(2, second, micro2, global2, tc.phase2_start_step))
+    eval_set = open_set(tc.eval_shards, "train.eval_shards", vocab_sha256=vocab_sha) if tc.eval_shards else None
+    return phases, eval_set
+
+
+def phase_for(phases: list[Phase], step: int) -> Phase:
+    """The phase that step `step` (0-based) reads from."""
+    phase = phases[0]
+    for candidate in phases[1:]:
+        if step >= candidate.first_step:
+            phase = candidate
+    return phase

@@ -105,3 +105,45 @@ def _finish_pending_work() -> None:
             first_line = message.splitlines()[0] if message else type(e).__name__
             print(f"kobert-pretrain: warning: unfinished work failed at exit: {first_line[:300]}",
                   file=sys.stderr, flush=True)
+
+
+# Horovod: the environment variable that makes `DistributedTrainer` average inside the allreduce.
+AVERAGE_IN_ALLREDUCE = "KOBERT_HOROVOD_AVERAGE"
+
+
+def gluon_trainer(dist: Dist, params, optimizer: str, optimizer_params: dict, fp16_allreduce: bool,
+                  allreduce_groups: int):
+    """(the Gluon trainer, whether its allreduce averages gradients) for `params` on this job.
+
+    One process: a plain `gluon.Trainer` (gradients are summed, never averaged). Under Horovod every
+    rank first takes rank 0's parameters, and a `DistributedTrainer` allreduces the gradients
+    (optionally fp16-compressed, in `allreduce_groups` groups); `optim.update_scaling` is correct
+    whether it summed or averaged them.
+    """
+    if not dist.enabled:
+        import mxnet as mx
+
+        trainer = mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore=None, update_on_kvstore=False)
+        return trainer, False
+    hvd = dist.hvd
+    # Horovod: every rank starts from rank 0's parameters.
+    hvd.broadcast_parameters(params, root_rank=0)
+    # Horovod: gradients are allreduced inside the trainer (optionally fp16-compressed, grouped).
+    compression = hvd.Compression.fp16 if fp16_allreduce else hvd.Compression.none
+    trainer = hvd.DistributedTrainer(params, optimizer, optimizer_params, compression=compression,
+                                     num_groups=allreduce_groups)
+    if os.environ.get(AVERAGE_IN_ALLREDUCE) == "1":
+        average_inside_allreduce(trainer)
+    return trainer, not trainer._average_in_framework
+
+
+def average_inside_allreduce(trainer) -> None:
+    """Make a Horovod `DistributedTrainer` average inside the allreduce, as builds with NCCL >= 2.10 do.
+
+    A test seam (KOBERT_HOROVOD_AVERAGE=1): CPU builds with Gloo always sum and let the framework
+    divide, so without it the CPU tests could not exercise the other path of the clipping arithmetic
+    (`optim.update_scaling`). The three private fields are those `DistributedTrainer.__init__` sets.
+    """
+    trainer._average_in_framework = False
+    trainer._scale = 1.0
+    trainer._postscale_factor = 1.0

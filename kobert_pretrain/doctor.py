@@ -134,8 +134,12 @@ def _check_vocab(path: str) -> str:
     return f"{Vocab.load(path).size} pieces"
 
 
-def remote_reports(hosts: list[tuple[str, int]], args: list[str]) -> list[dict]:
-    """Run `doctor --local --json` once per host under horovodrun and collect the reports."""
+def remote_reports(hosts: list[tuple[str, int]], checks: dict) -> list[dict]:
+    """Run `doctor --local --json` with the same `checks` (local_report's arguments) once per host under
+    horovodrun and collect the reports."""
+    # local_report's need_gpu is the command line's --gpu; the others are spelled as their flags.
+    args = ["--gpu" if k == "need_gpu" else f"--{k.replace('_', '-')}={v}"
+            for k, v in checks.items() if v not in (None, False)]
     from kobert_pretrain.launch import clean_hostfile
 
     with tempfile.TemporaryDirectory(prefix="kobert-doctor-") as tmp:

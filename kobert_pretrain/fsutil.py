@@ -16,7 +16,7 @@ import re
 import shutil
 import socket
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from kobert_pretrain.errors import UserError
 
@@ -198,6 +198,70 @@ def remove_stale_temporaries(parent: Path, prefix: str) -> list[Path]:
     return removed
 
 
+def write_json_durably(path: Path, obj: Any) -> None:
+    """`obj` as indented, key-sorted JSON in `path`, fsynced (inside a directory not yet renamed into place)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def atomic_dir(tmp: Path, final: Path, manifest: str | None = None, manifest_fields: dict | None = None,
+               replace: bool = False, on_error: Callable[[BaseException], None] | None = None) -> Iterator[Path]:
+    """The one way a directory is written: yield `tmp` (created empty); when the block succeeds, fsync every
+    file in it, optionally write `manifest` last (`manifest_fields` plus "files": {name: {"sha256", "bytes"}}
+    of every file, see `verify_files`), fsync, and rename `tmp` to `final` (replacing an existing `final`
+    if `replace`; otherwise `final` must not exist or be an empty directory).
+
+    On any error `on_error(error)` runs first (while the partial files still take their space: is the disk
+    full?), then `tmp` is removed and the error propagates; `final` is left as it was.
+    """
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        yield tmp
+        files = {}
+        for child in sorted(tmp.iterdir()):
+            if child.is_file():
+                with open(child, "rb") as f:
+                    os.fsync(f.fileno())
+                if manifest is not None:
+                    files[child.name] = {"sha256": sha256_file(child), "bytes": child.stat().st_size}
+        if manifest is not None:
+            write_json_durably(tmp / manifest, {**(manifest_fields or {}), "files": files})
+        fsync_dir(tmp)
+        if replace and final.exists():
+            shutil.rmtree(final)
+        # os.replace moves a directory onto an empty one (POSIX rename semantics).
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException as e:
+        if on_error is not None:
+            on_error(e)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def verify_files(directory: Path, files: dict) -> str | None:
+    """None if every file of a manifest's "files" ({name: {"sha256", "bytes"}}, or {name: sha256}) is in
+    `directory` with that size and checksum; otherwise what is wrong with the first one that is not.
+    A malformed entry raises ValueError."""
+    for name, entry in files.items():
+        f = directory / name
+        try:
+            digest, size = (entry, None) if isinstance(entry, str) else (entry["sha256"], entry["bytes"])
+            if size is not None and f.stat().st_size != size:
+                return f"{name} has {f.stat().st_size} bytes, {size} expected"
+            if sha256_file(f) != digest:
+                return f"{name} fails its checksum"
+        except OSError:
+            return f"{name} is missing or unreadable"
+        except (TypeError, KeyError):
+            raise ValueError(f"malformed manifest entry for {name}: {entry!r}") from None
+    return None
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | os.PathLike, what: str) -> Iterator[Path]:
     """Yield a temporary directory that becomes `out` only if the block succeeds.
@@ -215,20 +279,10 @@ def atomic_output_dir(out: str | os.PathLike, what: str) -> Iterator[Path]:
     prefix = temporary_prefix(out)
     remove_stale_temporaries(out.parent, prefix)
     tmp = out.with_name(f"{prefix}{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        yield tmp
-        for child in tmp.iterdir():
-            if child.is_file():
-                with open(child, "rb") as f:
-                    os.fsync(f.fileno())
-        fsync_dir(tmp)
-        # os.replace moves a directory onto an empty one (POSIX rename semantics).
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
+        with atomic_dir(tmp, out) as building:
+            yield building
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         disk_full = disk_full_error(e)
         if disk_full is not None:
             name_final_path(disk_full, tmp, out)

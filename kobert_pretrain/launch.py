@@ -26,8 +26,8 @@ from pathlib import Path
 from kobert_pretrain import heartbeat
 from kobert_pretrain.errors import UserError
 from kobert_pretrain.heartbeat import Watchdog
+from kobert_pretrain.run_dir import EXIT_PREEMPTED
 
-EXIT_PREEMPTED = 75
 EXIT_USER_ERROR = 2
 _FIRST_FAILURE = re.compile(r"Process name: (\S+)\s+Exit code: (-?\d+)")
 # Ranks per host: a node has at most a few dozen GPUs; 1024 leaves room for CPU-only emulation and

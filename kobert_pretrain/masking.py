@@ -20,6 +20,7 @@ import numpy as np
 
 MASK_ACTION_MASK = 0.8  # u < 0.8: [MASK]
 MASK_ACTION_KEEP = 0.9  # 0.8 <= u < 0.9: keep; u >= 0.9: random token
+TAG_DYNAMIC_MASK = 14  # beside data.py's TAG_SHARD_ORDER, TAG_WITHIN_SHARD, TAG_BUCKETS (11-13)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,11 @@ class MaskingSpec:
             replacement_ids=np.flatnonzero(~vocab.special_table()).astype(np.int32),
             word_start=vocab.word_start_table(),
         )
+
+
+def instance_draws(seed: int, epoch: int, shard: int, index: int, max_seq_length: int) -> np.ndarray:
+    """The uniforms that decide one instance's dynamic mask in one epoch: (3, max_seq_length)."""
+    return np.random.default_rng([seed, TAG_DYNAMIC_MASK, epoch, shard, index]).random((3, max_seq_length))
 
 
 def num_to_predict(lengths: np.ndarray, spec: MaskingSpec) -> np.ndarray:

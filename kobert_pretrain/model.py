@@ -10,14 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# name: (num_layers, units, hidden_size, num_heads, max_length)
-PRESETS: dict[str, tuple[int, int, int, int, int]] = {
-    "debug": (2, 64, 256, 2, 128),
-    "small": (4, 512, 2048, 8, 512),  # Google's compact BERT-Small (L=4, H=512)
-    "base": (12, 768, 3072, 12, 512),  # KoBERT / BERT-base
-    "large": (24, 1024, 4096, 16, 512),
-}
-
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -85,3 +77,34 @@ def build_model(shape: ModelShape, all_encodings: bool = False):
 def no_weight_decay(name: str) -> bool:
     """LayerNorm scales/shifts and biases are not decayed (BERT, GluonNLP, NVIDIA all exclude them)."""
     return name.endswith(("gamma", "beta", "bias"))
+
+
+def pretraining_loss_sums(net, batch: dict, shape: ModelShape, dtype: str):
+    """(MLM cross-entropy summed over the masked tokens, MLM correct, NSP cross-entropy summed over the
+    sequences, NSP correct) of one batch of MXNet arrays; NSP terms are zero arrays for an MLM-only model."""
+    import mxnet as mx
+
+    # valid_length builds the attention mask, which is added to scores of the compute dtype
+    outputs = net(batch["input_ids"], batch["segment_ids"], batch["valid_length"].astype(dtype),
+                  batch["masked_positions"])
+    if shape.use_nsp:
+        _, _, nsp_logits, mlm_logits = outputs
+    else:
+        _, _, mlm_logits = outputs
+        nsp_logits = None
+    # (batch, max_predictions, vocab) -> (batch * max_predictions, vocab); fp32 for the softmax
+    mlm_logits = mlm_logits.astype("float32").reshape((-1, shape.vocab_size))
+    labels = batch["masked_ids"].reshape((-1,)).astype("float32")
+    weights = batch["masked_weights"].reshape((-1,))
+    log_probs = mx.nd.log_softmax(mlm_logits, axis=-1)
+    mlm_ce = -mx.nd.pick(log_probs, labels, axis=-1)
+    mlm_sum = (mlm_ce * weights).sum()
+    mlm_correct = ((mlm_logits.argmax(axis=-1) == labels) * weights).sum().detach()
+    if nsp_logits is None:
+        zero = mx.nd.zeros((1,), ctx=batch["input_ids"].context)
+        return mlm_sum, mlm_correct, zero, zero
+    nsp_logits = nsp_logits.astype("float32")
+    nsp_labels = batch["nsp_labels"].astype("float32")
+    nsp_ce = -mx.nd.pick(mx.nd.log_softmax(nsp_logits, axis=-1), nsp_labels, axis=-1)
+    nsp_correct = (nsp_logits.argmax(axis=-1) == nsp_labels).sum().detach()
+    return mlm_sum, mlm_correct, nsp_ce.sum(), nsp_correct

@@ -116,3 +116,25 @@ def final_params(run_dir: Path) -> dict:
 
     ckpt = CheckpointManager(run_dir).latest()
     return {k: v.asnumpy() for k, v in mx.nd.load(str(ckpt.path / "model.params")).items()}
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs with 16 KiB left (needs root); unmounted afterwards."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        (mnt / "filler").write_bytes(b"\0" * (1024 - 16) * 1024)
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

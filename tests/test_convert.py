@@ -14,12 +14,10 @@ pytest.importorskip("transformers")
 from kobert_pretrain.checkpoint import CheckpointManager, find_checkpoint  # noqa: E402
 from kobert_pretrain.config import ConvertConfig  # noqa: E402
 from kobert_pretrain.convert import convert  # noqa: E402
-from kobert_pretrain.convert.keymap import convert_state, hf_name  # noqa: E402
 from kobert_pretrain.errors import UserError  # noqa: E402
 from kobert_pretrain.train import train  # noqa: E402
 
 from conftest import SHARED_CORPUS, run_cli, train_config  # noqa: E402
-from test_cli_vocab import full_disk  # noqa: E402,F401  (a fixture: a nearly full 1 MiB tmpfs)
 
 
 @pytest.fixture(scope="module")
@@ -154,20 +152,6 @@ def test_onnx_matches_pytorch(release):
     assert pooled.shape == (2, 64)
 
 
-def test_keymap_raises_on_unknown_missing_and_mismatched():
-    assert hf_name("encoder.transformer_cells.11.ffn.ffn_2.bias") == "bert.encoder.layer.11.output.dense.bias"
-    assert hf_name("encoder.unknown") is None
-    expected = {"bert.pooler.dense.weight": (4, 4), "bert.pooler.dense.bias": (4,)}
-    good = {"pooler.weight": np.zeros((4, 4)), "pooler.bias": np.zeros(4)}
-    assert set(convert_state(good, expected)) == set(expected)
-    with pytest.raises(UserError, match="unknown Gluon parameter"):
-        convert_state({**good, "mystery.weight": np.zeros(1)}, expected)
-    with pytest.raises(UserError, match="not provided by the checkpoint"):
-        convert_state({"pooler.weight": np.zeros((4, 4))}, expected)
-    with pytest.raises(UserError, match=r"shape mismatch: bert.pooler.dense.weight \(4, 5\) vs \(4, 4\)"):
-        convert_state({**good, "pooler.weight": np.zeros((4, 5))}, expected)
-
-
 def _doctored_run(tmp_path, trained, edit):
     """A copy of the trained run whose newest checkpoint has edited parameters (checksums rewritten)."""
     import mxnet as mx
@@ -245,13 +229,15 @@ def test_checkpoint_deleted_while_read_falls_back_to_the_newest_intact(tmp_path,
 
         monkeypatch.setattr(release_module, "find_checkpoint", find)
     else:
-        read_params = release_module._read_params
+        from kobert_pretrain.checkpoint import Checkpoint
 
-        def read_after_deleting(ckpt):
+        read_file = Checkpoint.read_file
+
+        def read_after_deleting(ckpt, name):  # model.params, read after state.json
             delete(ckpt.path)
-            return read_params(ckpt)
+            return read_file(ckpt, name)
 
-        monkeypatch.setattr(release_module, "_read_params", read_after_deleting)
+        monkeypatch.setattr(Checkpoint, "read_file", read_after_deleting)
     out = convert(ConvertConfig(source=str(run), out=str(tmp_path / "hf")))
     assert deleted == ["step-00000031"]
     report = json.loads((out / "conversion_report.json").read_text())

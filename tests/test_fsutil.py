@@ -1,14 +1,19 @@
-"""fsutil: temporary output directories left by killed processes are cleaned up, safely."""
+"""fsutil: the atomic checksummed directory writer and its verifier; temporary output directories left by
+killed processes are cleaned up, safely."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 
-from kobert_pretrain.fsutil import atomic_output_dir, process_namespace_tag, temporary_prefix
+import pytest
+
+from kobert_pretrain.fsutil import (atomic_dir, atomic_output_dir, process_namespace_tag, sha256_file,
+                                   temporary_prefix, verify_files)
 
 from conftest import ROOT
 
@@ -68,3 +73,31 @@ def test_a_process_killed_inside_leaves_a_directory_the_next_run_removes(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vocab"]
     assert (out / "spm.model").read_bytes() == b"whole"
 
+
+def test_atomic_dir_writes_the_manifest_last_and_verify_files_checks_it(tmp_path):
+    final, tmp = tmp_path / "out", tmp_path / "out.tmp-1"
+    with atomic_dir(tmp, final, manifest="meta.json", manifest_fields={"format": "x/1"}) as building:
+        assert building == tmp and not final.exists()
+        (building / "a.bin").write_bytes(b"abc")
+    meta = json.loads((final / "meta.json").read_text())
+    assert meta == {"format": "x/1", "files": {"a.bin": {"sha256": sha256_file(final / "a.bin"), "bytes": 3}}}
+    assert not tmp.exists() and verify_files(final, meta["files"]) is None
+    assert verify_files(final, {"a.bin": sha256_file(final / "a.bin")}) is None  # the {name: sha256} form
+    (final / "a.bin").write_bytes(b"abd")
+    assert verify_files(final, meta["files"]) == "a.bin fails its checksum"
+    (final / "a.bin").write_bytes(b"ab")
+    assert verify_files(final, meta["files"]) == "a.bin has 2 bytes, 3 expected"
+    (final / "a.bin").unlink()
+    assert verify_files(final, meta["files"]) == "a.bin is missing or unreadable"
+    with pytest.raises(ValueError, match="malformed manifest entry for a.bin"):
+        verify_files(final, {"a.bin": {"sha256": "0"}})
+
+
+def test_atomic_dir_on_error_runs_before_the_partial_files_go(tmp_path):
+    final, tmp = tmp_path / "out", tmp_path / "out.tmp-1"
+    seen = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_dir(tmp, final, on_error=lambda e: seen.append((str(e), (tmp / "part").exists()))) as building:
+            (building / "part").write_bytes(b"x")
+            raise RuntimeError("boom")
+    assert seen == [("boom", True)] and not tmp.exists() and not final.exists()

@@ -4,7 +4,7 @@ MXNet's CPU build has no float16 FullyConnected, so a float16 BERT cannot run
 here; these tests drive the same code paths that float16 uses: the scaled loss
 and its unscaling through clipping, overflow steps that are skipped on every
 rank, a run that keeps overflowing stopping as diverged, and the float32 master
-weights of a float16 model (saved in checkpoints, restored exactly on resume).
+weights of a float16 model (saved in checkpoints, restored exactly on resume: test_train_state.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 
 from kobert_pretrain.errors import TrainingDiverged, UserError
 from kobert_pretrain.optim import LossScaler
-from kobert_pretrain.train import (Trainer, load_optimizer_states, parameters_for_saving,
-                                   save_optimizer_states, train)
+from kobert_pretrain.train import Trainer, train
+from kobert_pretrain.train_state import parameters_for_saving
 
 from conftest import final_params, read_metrics, train_config
 
@@ -25,7 +25,7 @@ ARGS = ("--train.max_steps=6", "--log.interval=1", "--checkpoint.interval=0")
 
 
 def _params(trainer):
-    return {k: v.asnumpy() for k, v in parameters_for_saving(trainer.net, trainer.trainer).items()}
+    return {k: v.asnumpy() for k, v in parameters_for_saving(trainer.net, trainer.gluon_trainer).items()}
 
 
 def test_a_scaled_loss_trains_exactly_like_an_unscaled_one(tmp_path, debug_shards):
@@ -46,7 +46,7 @@ def test_a_scaled_loss_trains_exactly_like_an_unscaled_one(tmp_path, debug_shard
 def _poison_first_steps(trainer, steps):
     """Non-finite losses in the first `steps` steps, as a float16 overflow gives: NaN flows through the
     real backward pass into every gradient (which accumulate with grad_req='add')."""
-    losses = trainer._losses
+    losses = trainer.losses
 
     def poisoned(nd):
         mlm_sum, *rest = losses(nd)
@@ -54,7 +54,7 @@ def _poison_first_steps(trainer, steps):
             mlm_sum = mlm_sum * float("nan")
         return (mlm_sum, *rest)
 
-    trainer._losses = poisoned
+    trainer.losses = poisoned
 
 
 def test_overflowing_steps_are_skipped_and_the_scale_falls(tmp_path, debug_shards):
@@ -90,91 +90,3 @@ def test_a_run_that_keeps_overflowing_stops_as_diverged(tmp_path, debug_shards):
     assert isinstance(info.value, UserError)  # one line from the CLI, exit 2: launch does not restart it
     assert "5 steps in a row with non-finite gradients up to step 5" in str(info.value)
     assert trainer.step == 4 and trainer.scaler.scale == 1.0  # float32: raised inside step 5, scale fixed
-
-
-def test_the_dynamic_scale_stops_growing_at_2_to_the_24():
-    scaler = LossScaler(2.0 ** 23, window=1)
-    for _ in range(3):
-        scaler.update(True)
-    assert scaler.scale == 2.0 ** 24
-
-
-def test_float32_scaler_never_changes_the_scale():
-    scaler = LossScaler(1.0, window=2, dynamic=False)
-    assert [scaler.update(ok) for ok in (True, True, True, False, True)] == [True, True, True, False, True]
-    assert scaler.scale == 1.0 and scaler.skipped_steps == 1 and scaler.consecutive_skipped == 0
-
-
-# ---------------------------------------------------------------- float16 master weights
-
-
-def _fp16_model(seed):
-    import mxnet as mx
-
-    class Scale(mx.gluon.HybridBlock):  # elementwise only: float16 runs on MXNet's CPU build
-        def __init__(self):
-            super().__init__()
-            with self.name_scope():
-                self.w = self.params.get("w", shape=(64,), init=mx.init.Constant(1.0))
-                self.b = self.params.get("b", shape=(64,), init=mx.init.Zero())
-
-        def hybrid_forward(self, F, x, w, b):
-            return F.tanh(x * w + b)
-
-    mx.random.seed(seed)
-    net = Scale()
-    net.initialize(ctx=mx.cpu())
-    net.cast("float16")
-    trainer = mx.gluon.Trainer(net.collect_params(), "lamb",
-                               {"learning_rate": 1e-5, "multi_precision": True, "wd": 0.01},
-                               kvstore=None, update_on_kvstore=False)
-    return net, trainer
-
-
-def _fp16_steps(net, trainer, steps, start):
-    import mxnet as mx
-
-    rng = np.random.default_rng(0)
-    xs = [rng.standard_normal((8, 64)).astype(np.float16) for _ in range(start + steps)]
-    for x in xs[start:]:
-        with mx.autograd.record():
-            loss = (net(mx.nd.array(x, dtype="float16")).astype("float32") ** 2).sum()
-        loss.backward()
-        trainer.step(1)
-
-
-def test_float16_checkpoints_hold_the_float32_master_weights(tmp_path):
-    import mxnet as mx
-
-    net, trainer = _fp16_model(0)
-    _fp16_steps(net, trainer, 5, 0)
-    saved = parameters_for_saving(net, trainer)
-    master = {k: v.asnumpy() for k, v in saved.items()}
-    half = {k: v.data().asnumpy() for k, v in net._collect_params_with_prefix().items()}
-    for name in master:
-        assert master[name].dtype == np.float32 and half[name].dtype == np.float16
-        np.testing.assert_array_equal(master[name].astype(np.float16), half[name])
-    # LAMB steps of lr 1e-5 (relative) from 1.0 are below float16's resolution there (2^-10): only the master moved
-    assert np.array_equal(half["w"], np.ones(64, np.float16)) and not np.allclose(master["w"], 1.0, atol=1e-7, rtol=0)
-
-
-def test_float16_resume_restores_master_weights_and_moments_exactly(tmp_path):
-    import mxnet as mx
-
-    full, full_trainer = _fp16_model(0)
-    _fp16_steps(full, full_trainer, 6, 0)
-
-    first, first_trainer = _fp16_model(0)
-    _fp16_steps(first, first_trainer, 3, 0)
-    mx.nd.save(str(tmp_path / "model.params"), parameters_for_saving(first, first_trainer))
-    save_optimizer_states(first_trainer, tmp_path)
-
-    resumed, resumed_trainer = _fp16_model(1)  # other initial values: everything must come from the files
-    resumed.load_parameters(str(tmp_path / "model.params"), ctx=mx.cpu(), cast_dtype=True, dtype_source="current")
-    load_optimizer_states(resumed_trainer, tmp_path, mx.cpu())
-    _fp16_steps(resumed, resumed_trainer, 3, 3)
-
-    a = parameters_for_saving(full, full_trainer)
-    b = parameters_for_saving(resumed, resumed_trainer)
-    for name in a:
-        assert np.array_equal(a[name].asnumpy(), b[name].asnumpy()), name

@@ -71,3 +71,16 @@ def test_clipping_is_the_same_whether_horovod_sums_or_averages(averaged, world):
 def test_overflow_is_not_clipped_into_a_finite_update():
     scaling = update_scaling(math.inf, 2, False, 1024.0, 1.0)
     assert scaling.clip_coef == 1.0 and not math.isfinite(scaling.true_norm)
+
+
+def test_the_dynamic_scale_stops_growing_at_2_to_the_24():
+    scaler = LossScaler(2.0 ** 23, window=1)
+    for _ in range(3):
+        scaler.update(True)
+    assert scaler.scale == 2.0 ** 24
+
+
+def test_float32_scaler_never_changes_the_scale():
+    scaler = LossScaler(1.0, window=2, dynamic=False)
+    assert [scaler.update(ok) for ok in (True, True, True, False, True)] == [True, True, True, False, True]
+    assert scaler.scale == 1.0 and scaler.skipped_steps == 1 and scaler.consecutive_skipped == 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kobert_pretrain.model import PRESETS, ModelShape
+from kobert_pretrain.config import PRESETS
+from kobert_pretrain.model import ModelShape
 from kobert_pretrain.plan import BatchPlan, batch_plan, memory_estimate
 
 

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from kobert_pretrain.convert.parity import parity_batches, record_difference
 
 
 def export_onnx(model, shape, path: Path, cfg) -> dict:
     import torch
-
-    from kobert_pretrain.convert.release import parity_batches, record_difference
 
     class Heads(torch.nn.Module):
         """(sequence output, pooled output, MLM logits, NSP logits) from the three standard inputs."""

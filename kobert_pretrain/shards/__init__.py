@@ -4,6 +4,7 @@
     instances.py  google-research/bert pairing and truncation on those arrays
     build.py      the two-phase, resumable, parallel generator (`build_shards`)
     format.py     the .npy shard format, index.json, and the `ShardSet` reader
+    provenance.py the vocabulary and masking spec that belong to a shard set
     inspect.py    totals and decoded instances for a person (`kobert-pretrain inspect`)
 """
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from kobert_pretrain.errors import UserError
-from kobert_pretrain.masking import MaskingSpec, mask_batch
+from kobert_pretrain.masking import instance_draws, mask_batch
 from kobert_pretrain.shards.format import ShardSet
-from kobert_pretrain.vocab import Vocab
+from kobert_pretrain.shards.provenance import masking_spec, shard_vocab
 
 TOTALS = ("num_instances", "num_tokens", "num_padded_tokens", "num_random_next", "num_documents",
           "num_sentences", "text_tokens", "undecodable_lines", "max_seq_length", "masking", "vocab_size")
@@ -21,21 +21,17 @@ def inspect_shards(path: str | Path, num_examples: int = 3, vocab_dir: str | Non
     """Totals, per-shard counts and `num_examples` decoded instances of shard 0 (epoch-0 masks if dynamic)."""
     shard_set = ShardSet.open(path, verify=verify)
     index = shard_set.index
-    vocab_dir = vocab_dir or index["config"].get("vocab")
     try:
-        vocab = Vocab.load(vocab_dir)
+        vocab = shard_vocab(shard_set, vocab_dir)
     except UserError as e:
         raise UserError(f"{e} (pass --vocab DIR to decode the instances)") from None
-    if vocab.sha256 != index["vocab_sha256"]:
-        raise UserError(f"{vocab_dir} is not the vocabulary these shards were built with")
     report = {key: index[key] for key in TOTALS}
     report["num_shards"] = shard_set.num_shards
     report["shard_instances"] = shard_set.counts
     report["verified"] = verify
     report["examples"] = []
     shard = shard_set.shard(0)
-    spec = MaskingSpec.from_vocab(vocab, index["masked_lm_prob"], index["max_predictions_per_seq"],
-                                  index["whole_word_mask"])
+    spec = masking_spec(shard_set, vocab)
     for i in range(min(num_examples, len(shard))):
         lo, hi = int(shard.offsets[i]), int(shard.offsets[i + 1])
         ids = np.asarray(shard.tokens[lo:hi], dtype=np.int64)
@@ -46,8 +42,6 @@ def inspect_shards(path: str | Path, num_examples: int = 3, vocab_dir: str | Non
             labels = shard.mlm_labels[m0:m1].tolist()
             masked = ids
         else:
-            from kobert_pretrain.data import instance_draws
-
             draws = instance_draws(index["seed"], 0, 0, i, index["max_seq_length"])[None]
             masked, pos, lab, w = mask_batch(ids[None], np.array([len(ids)]), np.array([len_a]), spec, draws)
             masked, keep = masked[0], w[0] > 0

@@ -1,4 +1,4 @@
-"""`kobert-pretrain vocab` as a user runs it: success and every bad-input case."""
+"""Input reading (text.py) as `kobert-pretrain vocab` meets it: success and every bad-input case."""
 
 from __future__ import annotations
 
@@ -240,28 +240,6 @@ def test_out_below_a_regular_file(tmp_path, demo_corpus):
     assert_one_line_error(run_cli("vocab", "-i", demo_corpus, "-o", afile / "V"),
                           f"--out {afile / 'V'}: {afile} is a file, not a directory")
     assert afile.read_bytes() == b"keep me"
-
-
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 1 MiB tmpfs with 16 KiB left (needs root); unmounted afterwards."""
-    import os
-    import shutil
-    import subprocess
-
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True,
-                             text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
-    try:
-        (mnt / "filler").write_bytes(b"\0" * (1024 - 16) * 1024)
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_full_disk_names_the_output_and_leaves_nothing(full_disk, demo_corpus):
