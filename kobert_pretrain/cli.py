@@ -68,6 +68,13 @@ def _run_inspect(args: argparse.Namespace, cfg) -> None:
 
 
 def _run_train(args: argparse.Namespace, cfg) -> int:
+    if args.world_size is not None and not args.dry_run:
+        raise UserError("--world-size plans a job: use it with --dry-run (a real job's ranks come from horovodrun)")
+    if args.dry_run:
+        from kobert_pretrain.dry_run import dry_run
+
+        print(dry_run(cfg, args.world_size or 1))
+        return 0
     from kobert_pretrain.run_dir import EXIT_PREEMPTED, Preempted
     from kobert_pretrain.train import train
 
@@ -193,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default="auto", metavar="auto|none|PATH",
                    help="auto (default): newest complete checkpoint in RUN_DIR, or a fresh start; "
                         "none: refuse to run over an existing run; PATH: exactly that checkpoint")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything train checks and print the batch plan and memory per GPU; build nothing")
+    p.add_argument("--world-size", type=int, metavar="N", help="with --dry-run: plan for N ranks (default 1)")
     p.set_defaults(run=_run_train)
 
     p = sub.add_parser("launch", help="run `train` under horovodrun and restart it from checkpoints when it dies",
@@ -292,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "convert" and args.source:
         flags["convert.source"] = args.source
     try:
-        cfg = load_config(args.__dict__.get("config"), overrides, validate=sections, flags=flags) if sections else None
+        # a dry run validates on its own: it needs no run directory
+        checked = () if args.__dict__.get("dry_run") else sections
+        cfg = load_config(args.__dict__.get("config"), overrides, validate=checked, flags=flags) if sections else None
         code = run(args, cfg)
     except UserError as e:
         print(f"kobert-pretrain: error: {e}", file=sys.stderr)

@@ -28,6 +28,7 @@ import numpy as np
 
 from kobert_pretrain.errors import UserError
 from kobert_pretrain.masking import MaskingSpec, instance_draws, mask_batch
+from kobert_pretrain.plan import BatchPlan, batch_plan
 from kobert_pretrain.shards.format import Shard, ShardSet
 from kobert_pretrain.vocab import PAD, SPECIAL_IDS
 
@@ -285,30 +286,36 @@ class PretrainingLoader:
 
 
 class Phase:
-    """One training phase from `first_step` on: its shard set, batch geometry and (once started) loader."""
+    """One training phase from `first_step` on: its shard set, batch plan for this job's ranks (see
+    `plan.batch_plan`: the global batch is fixed, the micro batch at most `max_micro_batch_size`) and,
+    once started, its loader."""
 
-    def __init__(self, number: int, shard_set: ShardSet, micro_batch_size: int, global_batch_size: int,
-                 first_step: int):
+    def __init__(self, number: int, shard_set: ShardSet, max_micro_batch_size: int, global_batch_size: int,
+                 first_step: int, world: int):
         self.number = number
         self.shard_set = shard_set
-        self.micro_batch_size = micro_batch_size
-        self.global_batch_size = global_batch_size
+        self.max_micro_batch_size = max_micro_batch_size
+        plan = batch_plan(number, shard_set.max_seq_length, max_micro_batch_size, global_batch_size, world)
+        self.plan = plan if isinstance(plan, BatchPlan) else None
+        self._plan_problem = plan if isinstance(plan, str) else None
+        self.micro_batch_size = self.plan.micro_batch_size if self.plan else max_micro_batch_size
+        self.global_batch_size = global_batch_size or max_micro_batch_size * world
         self.first_step = first_step
         self.loader: PretrainingLoader | None = None
 
     def accumulation(self, world: int) -> int:
-        return self.global_batch_size // (self.micro_batch_size * world)
+        assert self.plan is not None and self.plan.ranks == world, "the phase was planned for another world size"
+        return self.plan.accumulation
 
     def problems(self, max_length: int, world: int) -> list[str]:
         """What keeps this phase from running on a model of `max_length` positions with `world` ranks."""
-        seq, micro, global_batch = self.shard_set.max_seq_length, self.micro_batch_size, self.global_batch_size
+        seq, global_batch = self.shard_set.max_seq_length, self.global_batch_size
         problems = []
         if max_length and seq > max_length:
             problems.append(f"phase {self.number} shards have max_seq_length {seq} but the model has only "
                             f"{max_length} positions (model.max_length)")
-        if micro > 0 and global_batch % (micro * world):
-            problems.append(f"phase {self.number}: global batch {global_batch} is not divisible by "
-                            f"micro batch {micro} x {world} rank(s)")
+        if self._plan_problem:
+            problems.append(self._plan_problem)
         if self.shard_set.num_instances < global_batch:
             problems.append(f"phase {self.number}: {self.shard_set.num_instances} instances, fewer than "
                             f"one global batch of {global_batch}")
@@ -330,13 +337,13 @@ def plan_phases(tc, world: int, problems: list[str]) -> tuple[list[Phase], Shard
 
     first = ShardSet.open(tc.shards)
     vocab_sha = first.index["vocab_sha256"]
-    phases = [Phase(1, first, tc.micro_batch_size, tc.global_batch_size or tc.micro_batch_size * world, 0)]
+    phases = [Phase(1, first, tc.micro_batch_size, tc.global_batch_size, 0, world)]
     if tc.phase2_shards and tc.phase2_start_step:
         second = open_set(tc.phase2_shards, "train.phase2_shards", vocab_sha256=vocab_sha)
         micro2 = tc.phase2_micro_batch_size or tc.micro_batch_size
         global2 = tc.phase2_global_batch_size or (tc.global_batch_size or micro2 * world)
         if second is not None:
-            phases.append(Phase(2, second, micro2, global2, tc.phase2_start_step))
+            phases.append(Phase(2, second, micro2, global2, tc.phase2_start_step, world))
     eval_set = open_set(tc.eval_shards, "train.eval_shards", vocab_sha256=vocab_sha) if tc.eval_shards else None
     return phases, eval_set
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,24 +45,81 @@ class Dist:
         out = self.hvd.allreduce(mx.nd.array(values, dtype="float64"), average=False, name=name)
         return out.asnumpy()
 
+    def allgather(self, values: np.ndarray, name: str) -> np.ndarray:
+        """Every rank's small float64 vector, as rows (rank, ...): an allreduce of a table in which each
+        rank fills only its own row, so the sums are exact copies."""
+        values = np.asarray(values, dtype=np.float64)
+        table = np.zeros((self.size, *values.shape))
+        table[self.rank] = values
+        return self.allreduce_sum(table, name=name)
+
+    def replica_mismatch(self, arrays, name: str) -> dict[int, int]:
+        """{rank: how many of `arrays` differ from rank 0's} (empty when all ranks agree bit for bit).
+
+        Data parallelism keeps the replicas in step only while every rank applies the same update: a
+        rank with other optimizer counts, another RNG or a faulty GPU drifts away silently. Compared by
+        a crc32 of each array's bytes, gathered from every rank (one collective).
+        """
+        if not self.enabled:
+            return {}
+        prints = np.array([zlib.crc32(a.asnumpy().tobytes()) for a in arrays], dtype=np.float64)
+        table = self.allgather(prints, name=name)
+        return {r: int((table[r] != table[0]).sum()) for r in range(self.size) if (table[r] != table[0]).any()}
+
     def barrier(self, name: str) -> None:
         """Wait for every rank (Horovod has no barrier for MXNet: a one-element allreduce is one)."""
         self.allreduce_sum(np.zeros(1), name=f"barrier.{name}")
 
 
 def configure_cpu_threads() -> None:
-    """CPU threading defaults for MXNet; call before MXNet is imported. User settings win.
+    """CPU threading defaults for MXNet (`configure_runtime` on a CPU); call before MXNet is imported."""
+    configure_runtime("cpu", "float32")
 
-    MXNet's pip build starts one OpenMP thread per process here unless told otherwise, which left
-    half of a 2-core machine idle (BERT-base, seq 128: 0.65 -> 1.14 sequences/s with 2 threads).
-    Each rank gets its share of this host's cores. Bulk execution of up to 1,000 operators per
-    engine push cuts scheduling overhead (1.14 -> 1.32 sequences/s); see benchmarks/RESULTS.md.
+
+def configure_runtime(device: str, dtype: str, bulk_size: int = 0) -> None:
+    """MXNet's environment for a training rank on `device` ("cpu"/"gpu"); call before MXNet is imported.
+    Settings the user made win (setdefault).
+
+    - OpenMP: MXNet's pip build starts one thread per process here unless told otherwise, which left
+      half of a 2-core machine idle (BERT-base, seq 128: 0.65 -> 1.14 sequences/s with 2 threads).
+      Each rank gets its share of this host's cores.
+    - Bulk execution: up to 1,000 operators per engine push on CPU cut scheduling overhead (1.14 ->
+      1.32 sequences/s; benchmarks/RESULTS.md). On GPU MXNet's default (15) stays: a bulk segment
+      runs as one engine operation, and Horovod's allreduce of a gradient can only start after the
+      segment that produced it, so large bulks may hold back the overlap of backward and allreduce
+      (`train.mxnet_bulk_size` sets it; scripts/gpu_check.sh measures 15 vs 1000).
+    - GPU memory pool "Round": batches of varying length (bucketing) ask for many sizes; rounding
+      them to powers of two lets freed blocks be reused instead of growing the pool.
+    - float16: MXNET_SAFE_ACCUMULATION=1, float32 accumulation inside float16 reductions (softmax,
+      LayerNorm, sums), for every float16 run and not only those started by scripts/03_train.sh.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     ranks_here = int(os.environ.get("HOROVOD_LOCAL_SIZE", "1"))
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // max(1, ranks_here))))
-    os.environ.setdefault("MXNET_EXEC_BULK_EXEC_MAX_NODE_TRAIN_FWD", "1000")
-    os.environ.setdefault("MXNET_EXEC_BULK_EXEC_MAX_NODE_TRAIN_BWD", "1000")
+    bulk = bulk_size or (1000 if device == "cpu" else 0)
+    if bulk:
+        os.environ.setdefault("MXNET_EXEC_BULK_EXEC_MAX_NODE_TRAIN_FWD", str(bulk))
+        os.environ.setdefault("MXNET_EXEC_BULK_EXEC_MAX_NODE_TRAIN_BWD", str(bulk))
+    if device == "gpu":
+        os.environ.setdefault("MXNET_GPU_MEM_POOL_TYPE", "Round")
+    if dtype == "float16":
+        os.environ.setdefault("MXNET_SAFE_ACCUMULATION", "1")
+
+
+def planned_device(setting: str) -> str:
+    """"cpu" or "gpu" for `train.device` (auto/cpu/gpu) without importing MXNet: auto means a GPU when a
+    CUDA build of MXNet is installed and CUDA_VISIBLE_DEVICES does not hide every device."""
+    if setting != "auto":
+        return setting
+    from importlib import metadata
+
+    for wheel in ("mxnet-cu110", "mxnet-cu112"):
+        try:
+            metadata.version(wheel)
+        except metadata.PackageNotFoundError:
+            continue
+        return "cpu" if os.environ.get("CUDA_VISIBLE_DEVICES", "x").strip() in ("", "-1") else "gpu"
+    return "cpu"
 
 
 def under_horovodrun() -> bool:

@@ -8,6 +8,7 @@ classifier sits on the pooled [CLS] output and can be switched off.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -61,7 +62,7 @@ def build_model(shape: ModelShape, all_encodings: bool = False):
         activation="gelu",
         layer_norm_eps=1e-12,
     )
-    return BERTModel(
+    net = BERTModel(
         encoder,
         vocab_size=shape.vocab_size,
         token_type_vocab_size=2,
@@ -72,6 +73,49 @@ def build_model(shape: ModelShape, all_encodings: bool = False):
         use_classifier=shape.use_nsp,
         use_token_type_embed=True,
     )
+    use_seeded_dropout(net)
+    return net
+
+
+def use_seeded_dropout(block) -> int:
+    """Make every Gluon Dropout under `block` draw from MXNet's own kernel instead of cuDNN's; return how many.
+
+    Gluon's Dropout asks for cuDNN (cudnn_off=False). In MXNet 1.9.1 cuDNN's dropout state is set up
+    once per GPU, on first use, from a seed the operator takes from C rand(), and `mx.random.seed`
+    never reaches it (the 1.9.1 library has no reseeding of it, unlike MXNet 2): every rank of a job
+    starts from the same state, so ranks drop the same units, and a resumed run draws other masks than
+    an uninterrupted one. MXNet's kernel draws from the per-device random resource that
+    `mx.random.seed(s)` seeds with s and the device id, which the trainer sets from (seed, step,
+    rank) before every step. On CPU nothing changes (there is no cuDNN); on GPU it costs one mask
+    kernel per dropout instead of cuDNN's fused one.
+    """
+    from mxnet.gluon import nn
+
+    seeded = _seeded_dropout_class()
+    swapped = 0
+    stack = [block]
+    while stack:
+        current = stack.pop()
+        if type(current) is nn.Dropout:
+            current.__class__ = seeded
+            swapped += 1
+        stack.extend(current._children.values())
+    return swapped
+
+
+@functools.lru_cache(maxsize=None)
+def _seeded_dropout_class():
+    from mxnet.gluon import nn
+
+    class SeededDropout(nn.Dropout):
+        """Gluon's Dropout with cudnn_off=True (see `use_seeded_dropout`)."""
+
+        def hybrid_forward(self, F, x):
+            if self._rate > 0:
+                return F.Dropout(x, p=self._rate, axes=self._axes, name="fwd", cudnn_off=True)
+            return F.identity(x)
+
+    return SeededDropout
 
 
 def no_weight_decay(name: str) -> bool:

@@ -32,15 +32,19 @@ from kobert_pretrain.checkpoint import CheckpointManager
 from kobert_pretrain.config import Config, ConfigError, config_hash, to_dict
 from kobert_pretrain.data import LoaderConfig, Phase, PretrainingLoader, phase_for, plan_phases
 from kobert_pretrain.errors import TrainingDiverged, UserError
+from kobert_pretrain.gpu import cuda_failure
+from kobert_pretrain.grad_norm import global_norm, norm_inputs
+from kobert_pretrain.heartbeat import Heartbeat
 from kobert_pretrain.metrics import LossSums, MetricsLogger
 from kobert_pretrain.model import ModelShape, build_model, no_weight_decay, pretraining_loss_sums
 from kobert_pretrain.optim import LossScaler, learning_rate, update_scaling
 from kobert_pretrain.run_dir import EXIT_PREEMPTED, Preempted, PreemptionSignals, RunDir
 from kobert_pretrain.shards.provenance import masking_spec, shard_vocab
-from kobert_pretrain.train_state import (TrainingState, load_model_and_optimizer, resume_problems,
-                                         write_model_and_optimizer)
+from kobert_pretrain.train_state import (TrainingState, load_model_and_optimizer, parameters_for_saving,
+                                         resume_problems, write_model_and_optimizer)
 
 __all__ = ["EXIT_PREEMPTED", "Preempted", "Trainer", "train", "step_seed"]
+
 
 
 def train(cfg: Config, resume: str = "auto") -> Path:
@@ -71,7 +75,8 @@ class Trainer:
             raise
 
     def _init(self, cfg: Config, resume: str) -> None:
-        distributed.configure_cpu_threads()
+        distributed.configure_runtime(distributed.planned_device(cfg.train.device), cfg.train.dtype,
+                                      cfg.train.mxnet_bulk_size)
         import mxnet as mx
 
         self.mx = mx
@@ -85,6 +90,10 @@ class Trainer:
             if getattr(tc, name):
                 setattr(tc, name, str(Path(getattr(tc, name)).expanduser().resolve()))
         self.dist = distributed.init()
+        # Under `launch`, a thread reports (step, phase) to its hang watchdog once a second.
+        self.heartbeat = Heartbeat.from_env(self.dist.rank)
+        if self.heartbeat is not None:
+            self._exit.callback(self.heartbeat.close)
         self.run_dir = RunDir(tc.out)
         self._exit.callback(self.run_dir.unlock)
         run_dir_problem = self.run_dir.problem()
@@ -121,7 +130,7 @@ class Trainer:
         self.spec = masking_spec(first, vocab)
         self.vocab_sha = first.index["vocab_sha256"]
 
-        self.ctx = mx.gpu(self.dist.local_rank) if self._device_kind() == "gpu" else mx.cpu()
+        self.ctx = self._device()
         self.run_dir.lock_for_job(self.dist)
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=cfg.checkpoint.keep_last,
                                              keep_every=cfg.checkpoint.keep_every, is_writer=self.is_root)
@@ -137,12 +146,33 @@ class Trainer:
             self.scaler = LossScaler(1.0, tc.loss_scale_window, dynamic=False)
         self._last_saved_step = -1
         self._last_save_time = time.time()
-        self._build_model()
-        self.resumed_from = self._resume(resume)
+        self._agreed_flags = (False, False)  # (pre-empt, save by time), agreed with the step's counts
+        try:
+            self._build_model()
+            self.resumed_from = self._resume(resume)
+        except mx.base.MXNetError as e:
+            raise self._start_up_failure(e) or e from None
         if self.is_root:
             self.run_dir.write_config(to_dict(self.cfg))
 
     # ------------------------------------------------------------------ set-up
+
+    def _device(self):
+        """This rank's device. Local rank k takes GPU k (or the one GPU a scheduler gave the process); on CPU
+        it takes `cpu(k)`, which computes like `cpu(0)` but carries device id k as `gpu(k)` does: MXNet keys
+        per-device state by it (the optimizer's update counts), so CPU runs exercise what GPU runs rely on."""
+        from kobert_pretrain.gpu import device_for_rank, visible_devices
+
+        mx, dist = self.mx, self.dist
+        if self._device_kind() != "gpu":
+            return mx.cpu(dist.local_rank)
+        return mx.gpu(device_for_rank(dist.local_rank, dist.local_size, mx.context.num_gpus(), visible_devices()))
+
+    def _start_up_failure(self, error: Exception) -> UserError | None:
+        """A CUDA failure while setting up (no kernels for this GPU, out of memory, a busy device) as a
+        one-line user error: a restart by `launch` cannot fix it. None for anything else."""
+        cause = cuda_failure(str(error), str(self.ctx)) if self.ctx.device_type == "gpu" else None
+        return UserError(f"cannot train on {self.ctx} of rank {self.dist.rank}: {cause}") if cause else None
 
     def _device_kind(self) -> str:
         if self.cfg.train.device != "auto":
@@ -167,6 +197,7 @@ class Trainer:
                 p.wd_mult = 0.0
         # the gradient buffers, fixed for the trainer's life
         self._grads = [p.grad(self.ctx) for p in params.values() if p.grad_req != "null"]
+        self._norm_inputs = norm_inputs(self._grads, self.ctx.device_type)
         optimizer_params = {"learning_rate": tc.lr, "beta1": tc.beta1, "beta2": tc.beta2, "epsilon": tc.epsilon,
                             "wd": tc.weight_decay}
         if tc.dtype == "float16":
@@ -226,9 +257,15 @@ class Trainer:
         tc = self.cfg.train
         stop = min(tc.max_steps, until if until is not None else tc.max_steps)
         self._log_start()
+        self._beat("train")
+        first = self.step
         while self.step < stop:
-            metrics = self.train_step()
+            try:
+                metrics = self.train_step()
+            except self.mx.base.MXNetError as e:  # out of memory at the first step is a set-up failure
+                raise (self._start_up_failure(e) if self.step == first else None) or e from None
             self.step += 1
+            self._beat("train")
             self._log_step(metrics)
             if self._eval_due():
                 self.evaluate()
@@ -248,9 +285,14 @@ class Trainer:
         phase = phase_for(self.phases, self.step)
         loader = self._loader(phase)
         batches = [next(loader) for _ in range(phase.accumulation(self.dist.size))]
+        # One small collective per step: the counts the loss is normalised by, and the stop/save flags
+        # (folded in, instead of a second blocking allreduce after the update). A signal is acted on at
+        # the end of the step after the one during which it arrived.
         local = np.array([sum(float(b["masked_weights"].sum()) for b in batches),
-                          sum(float(b["valid_length"].sum()) for b in batches)])
-        masked_total, tokens_total = self.dist.allreduce_sum(local, name="step.counts")
+                          sum(float(b["valid_length"].sum()) for b in batches),
+                          float(self.signals.received is not None), float(self._save_time_due())])
+        masked_total, tokens_total, preempt, by_time = self.dist.allreduce_sum(local, name="step.counts")
+        self._agreed_flags = (preempt > 0, by_time > 0)
         sequences_total = phase.global_batch_size
         mx.random.seed(step_seed(tc.seed, self.step, self.dist.rank))
         scale = self.scaler.scale
@@ -307,15 +349,7 @@ class Trainer:
         return pretraining_loss_sums(self.net, nd, self.shape, self.cfg.train.dtype)
 
     def _grad_norm(self) -> float:
-        mx = self.mx
-        if self._grads[0].dtype == np.float32:
-            # One fused operator: each gradient's sum of squares (float32), summed in float64 on the host.
-            # A gradient whose norm exceeds 2^64 reads as inf and its step is skipped, as it should be.
-            squares = mx.nd.multi_sum_sq(*self._grads, num_arrays=len(self._grads))
-        else:
-            # float16: MXNet's CPU multi_sum_sq squares in float16 (300^2 is already inf); cast each first.
-            squares = mx.nd.stack(*[g.astype("float32").norm().square() for g in self._grads])
-        return math.sqrt(float(squares.asnumpy().astype(np.float64).sum()))
+        return global_norm(self._grads, self._norm_inputs)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -325,6 +359,10 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """MLM and NSP loss and accuracy on the held-out shards, averaged over all ranks."""
+        with self._beating("eval"):
+            return self._evaluate()
+
+    def _evaluate(self) -> dict:
         tc = self.cfg.train
         loader = PretrainingLoader(self.eval_set, LoaderConfig(tc.micro_batch_size, seed=tc.seed, bucket_window=1,
                                                                prefetch=0),
@@ -341,18 +379,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _agree_on_stop_and_save(self) -> tuple[bool, bool]:
-        """All ranks agree (one tiny allreduce per step) whether to stop for a signal and whether to save.
+    def _save_time_due(self) -> bool:
+        """Rank 0's clock says a save is due (`checkpoint.minutes`); the other ranks learn it with the step's counts."""
+        ck = self.cfg.checkpoint
+        return self.is_root and ck.minutes > 0 and time.time() - self._last_save_time >= ck.minutes * 60
 
-        A signal may reach only some ranks (or one host); the save-by-time clock is rank 0's.
-        """
+    def _agree_on_stop_and_save(self) -> tuple[bool, bool]:
+        """Whether to stop for a signal and whether to save after this step: the same on every rank, from
+        the flags every rank contributed to this step's counts allreduce. A signal may reach only some
+        ranks (or one host); the save-by-time clock is rank 0's."""
         ck = self.cfg.checkpoint
         by_steps = ck.interval > 0 and self.step % ck.interval == 0
-        by_time = self.is_root and ck.minutes > 0 and time.time() - self._last_save_time >= ck.minutes * 60
-        flags = self.dist.allreduce_sum(np.array([float(self.signals.received is not None), float(by_time)]),
-                                        name="step.flags")
-        preempt = bool(flags[0] > 0)
-        return preempt, preempt or by_steps or bool(flags[1] > 0)
+        preempt, by_time = self._agreed_flags
+        self._agreed_flags = (False, False)
+        return preempt, preempt or by_steps or by_time
 
     def training_state(self) -> TrainingState:
         # The data cursor of the phase the next step reads from (none yet if that phase has not started).
@@ -365,14 +405,43 @@ class Trainer:
             config_hash=config_hash(self.cfg))
 
     def save(self) -> Path | None:
-        path = self.checkpoints.save(self.step, lambda tmp: write_model_and_optimizer(tmp, self.net, self.gluon_trainer),
-                                     self.training_state().to_dict())
-        self.dist.barrier("checkpoint.saved")
+        with self._beating("save"):
+            # CPU copies on every rank: rank 0 writes them, and every rank's fingerprint is compared.
+            parameters = parameters_for_saving(self.net, self.gluon_trainer)
+            self._check_replicas(parameters)
+            path = self.checkpoints.save(self.step, lambda tmp: write_model_and_optimizer(tmp, parameters,
+                                                                                         self.gluon_trainer),
+                                         self.training_state().to_dict())
+            self.dist.barrier("checkpoint.saved")
         self._last_saved_step = self.step
         self._last_save_time = time.time()
         if path is not None:
             self.metrics.print(f"checkpoint: {path}")
         return path
+
+    def _check_replicas(self, parameters: dict) -> None:
+        differ = self.dist.replica_mismatch(parameters.values(), name="checkpoint.replicas")
+        if not differ:
+            if self.dist.enabled:
+                self.metrics.print(f"checkpoint: step {self.step}: parameters identical on {self.dist.size} ranks")
+            return
+        what = ", ".join(f"rank {r} ({n} of {len(parameters)} tensors)" for r, n in differ.items())
+        self.metrics.print(f"checkpoint: step {self.step}: parameters DIFFER from rank 0's on {what}")
+        raise RuntimeError(f"the replicas diverged by step {self.step} (parameters differ from rank 0's on {what}); "
+                           "not saving them. Restart from the last checkpoint, and report this as a bug")
+
+    @contextlib.contextmanager
+    def _beating(self, phase: str):
+        """Tell the watchdog this rank is busy with `phase` (a save or an evaluation may take long)."""
+        self._beat(phase)
+        try:
+            yield
+        finally:
+            self._beat("train")
+
+    def _beat(self, phase: str) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.step, self.heartbeat.phase = self.step, phase
 
     # ------------------------------------------------------------------ logging
 

@@ -57,11 +57,11 @@ class TrainingState:
         return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
 
 
-def write_model_and_optimizer(directory: Path, net, gluon_trainer) -> None:
-    """model.params and the optimizer files of a checkpoint, into `directory`."""
+def write_model_and_optimizer(directory: Path, parameters: dict, gluon_trainer) -> None:
+    """model.params (`parameters`, from `parameters_for_saving`) and the optimizer files, into `directory`."""
     import mxnet as mx
 
-    mx.nd.save(str(directory / "model.params"), parameters_for_saving(net, gluon_trainer))
+    mx.nd.save(str(directory / "model.params"), parameters)
     save_optimizer_states(gluon_trainer, directory)
 
 
@@ -80,52 +80,78 @@ def load_model_and_optimizer(ckpt, net, gluon_trainer, ctx) -> None:
 
 
 def parameters_for_saving(net, trainer) -> dict:
-    """The model's parameters by Gluon's structural name, as `Block.save_parameters` writes them, except
-    that float16 parameters are replaced by the optimizer's float32 master copies (multi_precision): a
-    float16 run's checkpoints, exports and releases keep full-precision weights."""
+    """The model's parameters by Gluon's structural name, as `Block.save_parameters` writes them, as CPU
+    copies, except that float16 parameters are replaced by the optimizer's float32 master copies
+    (multi_precision): a float16 run's checkpoints, exports and releases keep full-precision weights.
+
+    CPU copies make a checkpoint device-independent: `mx.nd.load` restores each array to the device it
+    was saved from, so arrays saved on gpu(0) would put every rank of a node on GPU 0 at resume."""
+    import mxnet as mx
+
     updater = trainer._updaters[0]
     arrays = {}
     for name, param in net._collect_params_with_prefix().items():
         data = param._reduce()
         if data.dtype == np.float16:
-            state = updater.states.get(trainer._param2idx.get(param.name))
-            master = state[0] if isinstance(state, (tuple, list)) and state else None
-            if master is not None and getattr(master, "dtype", None) == np.float32 and master.shape == data.shape:
-                data = master
-            else:  # not updated yet: the float16 values are exact
-                data = data.astype("float32")
-        arrays[name] = data
+            master = master_weight(updater.states.get(trainer._param2idx.get(param.name)), data.shape)
+            # not updated yet: the float16 values are exact
+            data = master if master is not None else data.astype("float32")
+        arrays[name] = data.as_in_context(mx.cpu())
     return arrays
+
+
+def master_weight(state, shape):
+    """The float32 master copy inside a multi-precision optimizer state, found by its structure.
+
+    MXNet's optimizers (LAMB) keep `(weight32, moments)`, GluonNLP's BERTAdam `((mean, var), weight32)`:
+    the master is the one top-level array of the state (the moments are a tuple), float32, of the weight's
+    shape. None when there is none (a float32 run, or a parameter not updated yet).
+    """
+    if not isinstance(state, (tuple, list)):
+        return None
+    arrays = [s for s in state if not isinstance(s, (tuple, list)) and s is not None
+              and getattr(s, "dtype", None) == np.float32 and tuple(s.shape) == tuple(shape)]
+    return arrays[0] if len(arrays) == 1 else None
 
 
 # Optimizer states as a binary NDArray file plus a small JSON of update counters. MXNet's own
 # Trainer.save_states pickles every array: 4.4 s instead of 0.4 s for BERT-base's 760 MB of moments.
-# With multi_precision a state is (float32 master weight, moments), saved as nested lists.
+# With multi_precision a state is (float32 master weight, moments) or ((moments), master), saved as
+# nested lists. Arrays are written from CPU copies (see parameters_for_saving).
 
-def save_optimizer_states(trainer, directory: Path) -> None:
+def optimizer_state_arrays(trainer) -> tuple[dict, dict]:
+    """(every optimizer state array as a CPU copy, by flat key; the nesting of each parameter's state)."""
     import mxnet as mx
 
-    updater = trainer._updaters[0]
     arrays, structure = {}, {}
 
     def flatten(key, state):
         if state is None:
             return None
         if isinstance(state, mx.nd.NDArray):
-            arrays[key] = state
+            arrays[key] = state.as_in_context(mx.cpu())
             return "array"
         return [flatten(f"{key}.{i}", s) for i, s in enumerate(state)]
 
-    for index, state in updater.states.items():
+    for index, state in trainer._updaters[0].states.items():
         structure[str(index)] = flatten(str(index), state)
+    return arrays, structure
+
+
+def save_optimizer_states(trainer, directory: Path) -> None:
+    import mxnet as mx
+
+    updater = trainer._updaters[0]
+    arrays, structure = optimizer_state_arrays(trainer)
     mx.nd.save(str(directory / "optimizer.states"), arrays)
     optimizer = updater.optimizer
     atomic_write_json(directory / "optimizer.json", {
         "structure": structure,
         "num_update": optimizer.num_update,
-        # per device id: {parameter index: updates} (bias correction in Adam and LAMB reads it)
-        "index_update_counts": {str(device): {str(k): v for k, v in counts.items()}
-                                for device, counts in optimizer._all_index_update_counts.items()},
+        # {parameter index: updates} of the device this rank trains on (bias correction in Adam and LAMB
+        # reads them). MXNet keys the counts by `weights[0].context.device_id` (Updater.__call__), so on
+        # gpu(k) they live under k, not 0; every rank holds the same counts for its own device.
+        "update_counts": {str(k): v for k, v in optimizer._index_update_count.items()},
     })
 
 
@@ -147,9 +173,14 @@ def load_optimizer_states(trainer, directory: Path, ctx) -> None:
     updater.states_synced = dict.fromkeys(updater.states, True)
     optimizer = updater.optimizer
     optimizer.num_update = meta["num_update"]
-    optimizer._all_index_update_counts = {int(device): {int(k): v for k, v in counts.items()}
-                                          for device, counts in meta["index_update_counts"].items()}
-    optimizer._index_update_count = optimizer._all_index_update_counts.setdefault(0, {})
+    if "update_counts" in meta:
+        counts = meta["update_counts"]
+    else:  # checkpoints before the fix: {device id: counts}, written by rank 0 on device 0
+        by_device = meta["index_update_counts"]
+        counts = by_device.get("0") or next(iter(by_device.values()), {})
+    # Restored under the device this rank updates on, where MXNet's Updater will look them up.
+    optimizer._all_index_update_counts = {ctx.device_id: {int(k): v for k, v in counts.items()}}
+    optimizer._index_update_count = optimizer._all_index_update_counts[ctx.device_id]
 
 
 def resume_problems(state: TrainingState, train_cfg, model_shape: dict, vocab_sha256: str,

@@ -18,7 +18,7 @@ STAGES = {
     "vocab": 1,
     "masking": 2, "shards": 2,
     "data": 3, "model": 3, "optim": 3, "run_dir": 3, "metrics": 3, "train_state": 3, "checkpoint": 3,
-    "train": 3, "launch": 3, "gpu": 3, "heartbeat": 3, "plan": 3,
+    "train": 3, "launch": 3, "gpu": 3, "heartbeat": 3, "plan": 3, "dry_run": 3, "grad_norm": 3,
     "convert": 4,
     "__init__": 9, "__main__": 9, "cli": 9, "doctor": 9, "demo": 9,
 }

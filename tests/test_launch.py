@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -271,3 +272,59 @@ def test_sigkill_to_horovodrun_without_restarts_left_exits_137(tmp_path, debug_s
     last = out.strip().splitlines()[-1]
     assert last.startswith("launch: job failed after ") and last.endswith(
         "s (horovodrun was killed by SIGKILL); no restarts left (0 used)"), out[-3000:]
+
+
+def _launch_logged(shards, run, log, *extra, env=None, steps=200):
+    """`launch` with its output in `log`, for tests that watch it while the job runs."""
+    args = [a for a in TRAIN if not a.startswith("--train.max_steps")] + [f"--train.max_steps={steps}"]
+    return subprocess.Popen([sys.executable, "-m", "kobert_pretrain", "launch", "-np", "2", "-H", "localhost:2",
+                             "--backoff", "1", *extra, "--", "train", *args, "--shards", str(shards), "--out", str(run)],
+                            cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _wait_for(path, text, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if text in path.read_text(errors="replace"):
+            return time.time()
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not in {path} after {timeout}s:\n{path.read_text()[-3000:]}")
+
+
+@pytest.mark.horovod
+def test_a_stopped_rank_is_restarted_within_a_minute(tmp_path, debug_shards):
+    """SIGSTOP on one rank: no process dies and no collective fails for 120 s (Gloo) or 600 s (NCCL);
+    the watchdog sees the rank's heartbeat stop, kills the job and restarts it from its checkpoint."""
+    run, log = tmp_path / "run", tmp_path / "launch.log"
+    proc = _launch_logged(debug_shards, run, log, steps=80)
+    try:
+        wait_for_step(run, 12)
+        victim = rank_processes(proc)[-1]
+        victim.send_signal(signal.SIGSTOP)
+        stopped = time.time()
+        _wait_for(log, "stopped responding", 90)
+        restarted = _wait_for(log, "restart 1/3", 60)
+        assert restarted - stopped < 60
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        proc.kill()
+    out = log.read_text()
+    assert "launch: watchdog: rank 1 stopped responding: no heartbeat for 3" in out
+    assert "(hung: rank 1 stopped responding" in out and "launch: job finished" in out
+    assert "KOBERT_HEARTBEAT" not in out  # heartbeats are the watchdog's, never shown
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, 81))
+
+
+@pytest.mark.horovod
+def test_a_slow_checkpoint_save_is_no_false_alarm(tmp_path, debug_shards):
+    """Every save takes 8 s while the watchdog's limits are 5 s of silence and 3 s without a step: the
+    ranks keep beating and say they are saving, so the job is left alone."""
+    run, log = tmp_path / "run", tmp_path / "launch.log"
+    env = dict(os.environ, KOBERT_TEST_SLOW_SAVE_S="8",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "slow_save"), os.environ.get("PYTHONPATH", "")]))
+    proc = _launch_logged(debug_shards, run, log, "--watchdog-silence", "5", "--watchdog-hang", "3", env=env,
+                          steps=8)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    out = log.read_text()
+    assert "watchdog" not in out and "restart" not in out, out[-3000:]
+    assert out.count("parameters identical on 2 ranks") == 2  # the saves at steps 4 and 8
