@@ -20,6 +20,7 @@ import gzip
 import io
 import json
 import lzma
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -83,7 +84,45 @@ def open_binary(path: str | Path, compression: str | None) -> BinaryIO:
         import zstandard
     except ImportError:
         raise UserError(f"{path} is zstd-compressed: pip install zstandard") from None
-    return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+    return io.BufferedReader(_ZstdReader(open(path, "rb"), zstandard))
+
+
+class _ZstdReader(io.RawIOBase):
+    """zstd frames, one after another, as a raw stream; a file that ends inside a frame raises EOFError,
+    as gzip, bz2 and lzma do (zstandard's own stream reader just stops there)."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, f: BinaryIO, zstandard):
+        self._f, self._zstd = f, zstandard
+        self._decompressor = zstandard.ZstdDecompressor().decompressobj()
+        self._pending = b""
+        self._pos = 0  # read up to here in _pending
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._pos == len(self._pending):
+            self._pending, self._pos = b"", 0
+            data = self._f.read(self.CHUNK)
+            if not data:
+                if not self._decompressor.eof:
+                    raise EOFError("zstd file ended before the end of its frame")
+                return 0
+            while data:
+                if self._decompressor.eof:  # the next frame of a multi-frame file
+                    self._decompressor = self._zstd.ZstdDecompressor().decompressobj()
+                self._pending += self._decompressor.decompress(data)
+                data = self._decompressor.unused_data if self._decompressor.eof else b""
+        n = min(len(buffer), len(self._pending) - self._pos)
+        buffer[:n] = self._pending[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
 
 
 @dataclass(frozen=True)
@@ -192,8 +231,37 @@ def iter_documents(segment: Segment, text_documents: str, text_field: str,
             yield from _text_documents(lines, text_documents, counts)
 
 
+def _corrupt_errors() -> tuple[type[BaseException], ...]:
+    """What a decompressor raises on a truncated or damaged file."""
+    errors: tuple[type[BaseException], ...] = (EOFError, OSError, lzma.LZMAError, zlib.error)
+    try:
+        import zstandard
+
+        errors += (zstandard.ZstdError,)
+    except ImportError:
+        pass
+    return errors
+
+
+def _corrupt(segment: Segment, counts: ReadCounts, error: BaseException) -> None:
+    counts.bad_record("truncated or damaged compressed file (read up to the damage)",
+                      f"{segment.path}: {type(error).__name__}: {error}")
+
+
 def _decoded_lines(stream: BinaryIO, segment: Segment, counts: ReadCounts) -> Iterator[tuple[int, str]]:
-    """(line number in the segment, text without its line end); undecodable lines are counted, not yielded."""
+    """(line number in the segment, text without its line end); undecodable lines are counted, not yielded.
+
+    A compressed file that ends early or is damaged yields the lines before the damage, and is counted.
+    """
+    try:
+        yield from _lines(stream, segment, counts)
+    except _corrupt_errors() as e:
+        if segment.compression is None:
+            raise
+        _corrupt(segment, counts, e)
+
+
+def _lines(stream: BinaryIO, segment: Segment, counts: ReadCounts) -> Iterator[tuple[int, str]]:
     for number, raw in enumerate(stream, 1):
         counts.input_bytes += len(raw)
         if number == 1 and segment.start == 0 and raw.startswith(b"\xef\xbb\xbf"):
@@ -273,6 +341,11 @@ def _csv_documents(segment: Segment, text_field: str, counts: ReadCounts) -> Ite
             try:
                 row = next(reader)
             except StopIteration:
+                break
+            except _corrupt_errors() as e:
+                if segment.compression is None:
+                    raise
+                _corrupt(segment, counts, e)
                 break
             except csv.Error as e:
                 row_number += 1
