@@ -7,7 +7,8 @@ each phase of `kobert-pretrain prepare` (one worker) in MB of input per second
 and its ratio to the baseline; the whole stage with 1 and 2 workers (scaling);
 the sentence splitters alone (kiwipiepy, kss when installed, the rule) in
 characters/s with their quality on a hand-labelled set and their round-trip
-failures on the input; peak RSS of a 1-worker run; memory of the corpus-wide
+failures on the input; peak RSS of a 1-worker run (kiwi; the rule splitter on
+the input and on 4 copies of it, for growth with the corpus); memory of the corpus-wide
 dedup pass per document on synthetic signatures. Not a test: numbers depend on
 the machine. `--splitters-only` runs only the splitter part (it needs no more
 than kiwipiepy and, optionally, kss, so it can run in a separate venv with kss).
@@ -215,11 +216,22 @@ def main() -> None:
     o = reports[1]["output"]
     print(f"output: {o['documents']:,} documents, {o['sentences']:,} sentences, {o['chars']:,} characters")
     bench_splitters(files, args.splitter_chars)
+    print(f"\n{'peak RSS, 1 worker, whole stage':<48} {'MB':>6} {'seconds':>8}")
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "kobert_pretrain", "prepare", "--out", str(Path(tmp) / "out"),
-               *[a for f in files for a in ("--input", str(f))]]
-        rss, seconds = peak_rss_mb(cmd)
-    print(f"\npeak RSS, 1 worker, whole stage: {rss:.0f} MB ({seconds:.1f}s)")
+        for label, splitter, copies in (("kiwi, the input", "kiwi", 1), ("rule, the input", "rule", 1),
+                                        ("rule, 4 copies of the input", "rule", 4)):
+            inputs = []
+            for c in range(copies):
+                for f in files:
+                    link = Path(tmp) / f"copy{c}" / f.name
+                    link.parent.mkdir(exist_ok=True)
+                    if not link.exists():
+                        link.symlink_to(f.resolve())
+                    inputs += ["--input", str(link)]
+            out = Path(tmp) / f"out-{splitter}{copies}"
+            cmd = [sys.executable, "-m", "kobert_pretrain", "prepare", "--out", str(out), f"--prepare.splitter={splitter}", "--prepare.chunk_mb=0.5", *inputs]
+            rss, seconds = peak_rss_mb(cmd)
+            print(f"{label:<48} {rss:>6.0f} {seconds:>8.1f}")
     bench_dedup_memory()
 
 

@@ -115,3 +115,12 @@ def test_hash64_is_stable():
 def test_shingles_collapse_whitespace_and_cover_short_text():
     assert dd.shingles("가  나\n다", 3) == ["가 나".encode(), " 나 ".encode(), "나 다".encode()]
     assert dd.shingles("짧다", 5) == ["짧다".encode()]
+
+
+@pytest.mark.parametrize("bucket_items", [1, 4, 100])
+def test_bucketed_duplicates_flags_all_but_the_first_selected(bucket_items):
+    parts = [np.array([1, 2, 1], np.uint64), np.array([2, 1, 3], np.uint64)]
+    select = [np.array([False, True, True]), np.array([True, True, True])]
+    assert dd.bucketed_duplicates(parts, select, bucket_items).tolist() == [False, False, False, True, True, False]
+    assert dd.bucketed_duplicates(parts, bucket_items=bucket_items).tolist() == [False, False, True, True, True,
+                                                                                 False]

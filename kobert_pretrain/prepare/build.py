@@ -124,7 +124,10 @@ def _finished(path: Path, fp: str) -> dict | None:
 
 
 def _publish(tmp: Path, final: Path, meta: dict) -> None:
-    """meta.json last, then rename: a task directory exists under its name only when complete."""
+    """Files synced, meta.json last, then rename: a task directory exists under its name only when complete."""
+    for child in tmp.iterdir():
+        with open(child, "rb") as f:
+            os.fsync(f.fileno())
     atomic_write_json(tmp / META_FILE, meta)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -296,36 +299,32 @@ def run_dedup(work: Path, cfg: PrepareConfig, num_tasks: int, fp: str) -> dict:
         status[near] = dd.NEAR_DUP
     sent_chars = load("sent_chars.npy")
     doc_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    sentence_doc = [np.repeat(np.arange(n), np.asarray(c)) for n, c in zip(sizes, doc_sentences)]
-    alive = [status[doc_offsets[i]:doc_offsets[i + 1]] == dd.KEEP for i in range(num_tasks)]
-    keep_sentence = [np.ones(len(c), dtype=bool) for c in sent_chars]
+    sentence_doc = lambda i: np.repeat(np.arange(sizes[i]), np.asarray(doc_sentences[i]))  # noqa: E731
+    alive = lambda i: status[doc_offsets[i]:doc_offsets[i + 1]] == dd.KEEP  # noqa: E731
+    sent_offsets = np.concatenate([[0], np.cumsum([len(c) for c in sent_chars])]).astype(np.int64)
+    duplicate = np.zeros(int(sent_offsets[-1]), dtype=bool)
     if cfg.dedup_sentences:
-        select = [alive[i][sentence_doc[i]] & (np.asarray(sent_chars[i]) >= cfg.dedup_sentence_min_chars)
+        select = [alive(i)[sentence_doc(i)] & (np.asarray(sent_chars[i]) >= cfg.dedup_sentence_min_chars)
                   for i in range(num_tasks)]
-        leader = dd.bucketed_first_of_group(load("sent_hash.npy"), select)
-        sent_offsets = np.concatenate([[0], np.cumsum([len(c) for c in sent_chars])]).astype(np.int64)
-        duplicate = (leader >= 0) & (leader != np.arange(len(leader)))
-        for i in range(num_tasks):
-            keep_sentence[i] = ~duplicate[sent_offsets[i]:sent_offsets[i + 1]]
+        duplicate = dd.bucketed_duplicates(load("sent_hash.npy"), select)
+        del select
     tmp = final.with_name(f"dedup.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    sentence_dups = 0
+    emptied = 0
     for i in range(num_tasks):
         doc_status = status[doc_offsets[i]:doc_offsets[i + 1]].copy()
-        chars = np.asarray(sent_chars[i])
-        dropped = alive[i][sentence_doc[i]] & ~keep_sentence[i]
-        sentence_dups += int(dropped.sum())
-        kept_chars = np.bincount(sentence_doc[i], weights=chars * keep_sentence[i], minlength=sizes[i])
-        emptied = alive[i] & (kept_chars < max(1, cfg.min_document_chars))
-        doc_status[emptied] = dd.EMPTIED
+        keep = ~duplicate[sent_offsets[i]:sent_offsets[i + 1]]
+        kept_chars = np.bincount(sentence_doc(i), weights=np.asarray(sent_chars[i]) * keep, minlength=sizes[i])
+        is_emptied = alive(i) & (kept_chars < max(1, cfg.min_document_chars))
+        doc_status[is_emptied] = dd.EMPTIED
+        emptied += int(is_emptied.sum())
         _save_npy(tmp / f"status-{i:06d}.npy", doc_status)
-        _save_npy(tmp / f"keep-{i:06d}.npy", keep_sentence[i])
+        _save_npy(tmp / f"keep-{i:06d}.npy", keep)
         _save_npy(tmp / f"match-{i:06d}.npy", matched[doc_offsets[i]:doc_offsets[i + 1]])
         _save_npy(tmp / f"similarity-{i:06d}.npy", similarity[doc_offsets[i]:doc_offsets[i + 1]])
     meta = {"fingerprint": fp, "documents": total, "exact": int((status == dd.EXACT_DUP).sum()),
-            "near": int((status == dd.NEAR_DUP).sum()), "sentences": sentence_dups,
-            "emptied": sum(int(np.sum(np.load(tmp / f"status-{i:06d}.npy") == dd.EMPTIED)) for i in range(num_tasks))}
+            "near": int((status == dd.NEAR_DUP).sum()), "sentences": int(duplicate.sum()), "emptied": emptied}
     if cfg.near_dup_threshold:
         meta["bands"], meta["rows"] = dd.lsh_bands(cfg.near_dup_threshold, cfg.minhash_num_perm)
     _publish(tmp, final, meta)

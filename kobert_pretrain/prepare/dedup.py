@@ -110,20 +110,13 @@ def first_of_group(keys: np.ndarray) -> np.ndarray:
     return leader
 
 
-def bucketed_first_of_group(parts: Sequence[np.ndarray], select: Sequence[np.ndarray] | None = None,
-                            bucket_items: int = SORT_BUCKET_ITEMS) -> np.ndarray:
-    """`first_of_group` over the concatenation of `parts` (e.g. one key array per task, memory-mapped),
-    in passes over `key % buckets` so that a pass sorts at most about `bucket_items` keys.
-
-    `select` (booleans per part) leaves items out: they get leader -1. Returns the global leader array.
-    """
+def _buckets(parts: Sequence[np.ndarray], select: Sequence[np.ndarray] | None, bucket_items: int):
+    """(keys, global positions) of the selected items of `parts`, one `key % buckets` bucket at a time."""
     sizes = [len(p) for p in parts]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    total = int(offsets[-1])
-    leader = np.full(total, -1, dtype=np.int64)
-    buckets = max(1, -(-total // bucket_items))
+    buckets = max(1, -(-int(offsets[-1]) // bucket_items))
     for bucket in range(buckets):
-        keys_parts, where_parts = [], []
+        keys_parts, where_parts = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)]
         for i, part in enumerate(parts):
             keys = np.asarray(part)
             mask = (keys % np.uint64(buckets)) == np.uint64(bucket)
@@ -132,10 +125,32 @@ def bucketed_first_of_group(parts: Sequence[np.ndarray], select: Sequence[np.nda
             idx = np.nonzero(mask)[0]
             keys_parts.append(keys[idx])
             where_parts.append(idx + offsets[i])
-        keys = np.concatenate(keys_parts) if keys_parts else np.zeros(0, np.uint64)
-        where = np.concatenate(where_parts) if where_parts else np.zeros(0, np.int64)
+        yield np.concatenate(keys_parts), np.concatenate(where_parts)
+
+
+def bucketed_first_of_group(parts: Sequence[np.ndarray], select: Sequence[np.ndarray] | None = None,
+                            bucket_items: int = SORT_BUCKET_ITEMS) -> np.ndarray:
+    """`first_of_group` over the concatenation of `parts` (e.g. one key array per task, memory-mapped),
+    in passes over `key % buckets` so that a pass sorts at most about `bucket_items` keys.
+
+    `select` (booleans per part) leaves items out: they get leader -1. Returns the global leader array.
+    """
+    leader = np.full(sum(len(p) for p in parts), -1, dtype=np.int64)
+    for keys, where in _buckets(parts, select, bucket_items):
         leader[where] = where[first_of_group(keys)]
     return leader
+
+
+def bucketed_duplicates(parts: Sequence[np.ndarray], select: Sequence[np.ndarray] | None = None,
+                        bucket_items: int = SORT_BUCKET_ITEMS) -> np.ndarray:
+    """Booleans over the concatenation of `parts`: a selected item whose key an earlier selected item has.
+
+    One byte per item (sentences outnumber documents 20 to 1): what the sentence pass keeps in memory.
+    """
+    duplicate = np.zeros(sum(len(p) for p in parts), dtype=bool)
+    for keys, where in _buckets(parts, select, bucket_items):
+        duplicate[where] = first_of_group(keys) != np.arange(len(keys))
+    return duplicate
 
 
 class RowReader:

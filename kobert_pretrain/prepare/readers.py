@@ -3,8 +3,9 @@
 The input is cut into tasks (`plan_tasks`) that do not depend on the number of
 workers: an uncompressed text or JSONL file is cut into byte ranges of about
 `chunk_mb` at document boundaries, so one big file is shared by many workers;
-a compressed file cannot be entered in the middle and a CSV record may span
-lines inside quotes, so each of those is read whole by one task. Small files
+an uncompressed CSV file is cut between records (a line end outside quotes; each
+task reads the header row again); a compressed file cannot be entered in the
+middle, so each is read whole by one task. Small files
 are grouped until a task holds `chunk_mb`.
 
 A bad record (a line that is not valid UTF-8, a malformed JSON line, a CSV row
@@ -176,7 +177,7 @@ def plan_tasks(paths: list[Path], fmt: str, text_documents: str, chunk_bytes: in
             continue
         compression = compression_of(path)
         file_format = format_of(path, fmt)
-        if compression is not None or file_format in ("csv", "tsv"):
+        if compression is not None:
             current.append(Segment(str(path), 0, -1, file_format, compression))
             current_bytes += size
             if current_bytes >= chunk_bytes:
@@ -186,8 +187,12 @@ def plan_tasks(paths: list[Path], fmt: str, text_documents: str, chunk_bytes: in
         with open(path, "rb") as f:
             while pos < size:
                 need = chunk_bytes - current_bytes
-                by_line = file_format == "jsonl" or text_documents == "line"
-                cut = size if size - pos <= need else _record_boundary(f, pos + need, size, by_line)
+                if size - pos <= need:
+                    cut = size
+                elif file_format in ("csv", "tsv"):
+                    cut = _csv_record_boundary(f, pos, pos + need, size)
+                else:
+                    cut = _record_boundary(f, pos + need, size, file_format == "jsonl" or text_documents == "line")
                 current.append(Segment(str(path), pos, cut, file_format, None))
                 current_bytes += cut - pos
                 pos = cut
@@ -209,6 +214,23 @@ def _record_boundary(f: BinaryIO, pos: int, size: int, by_line: bool) -> int:
         if not line:
             return size
         if not line.strip():
+            return f.tell()
+
+
+def _csv_record_boundary(f: BinaryIO, start: int, pos: int, size: int) -> int:
+    """The first line end at or after `pos` outside a quoted field, scanning from `start` (a record boundary).
+
+    In RFC 4180 a quote inside a field is doubled, so a line end is inside quotes exactly when an odd
+    number of quote characters came before it since the last boundary.
+    """
+    f.seek(start)
+    quotes = 0
+    while True:
+        line = f.readline()
+        if not line:
+            return size
+        quotes += line.count(b'"')
+        if f.tell() >= pos and quotes % 2 == 0:
             return f.tell()
 
 
@@ -326,16 +348,31 @@ def _missing_field_kind(text_field: str) -> str:
     return f"record without the text field ({wanted}; set --text-field)"
 
 
+def _csv_header(segment: Segment) -> list[str]:
+    """The header row of a CSV file (for a task that starts in the middle of it)."""
+    with open(segment.path, "rb") as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        return next(csv.reader(text, delimiter="\t" if segment.format == "tsv" else ","), [])
+
+
 def _csv_documents(segment: Segment, text_field: str, counts: ReadCounts) -> Iterator[str]:
     csv.field_size_limit(CSV_FIELD_LIMIT)
     with open_binary(segment.path, segment.compression) as raw:
+        if segment.end >= 0:  # a byte range of an uncompressed file, cut between records
+            raw.seek(segment.start)
+            raw = io.BytesIO(raw.read(segment.end - segment.start))
         counting = _CountingReader(raw, counts)
         # surrogateescape keeps undecodable bytes as lone surrogates: the row that holds them is
         # dropped and counted, the rest of the file is read.
         text = io.TextIOWrapper(counting, encoding="utf-8", errors="surrogateescape", newline="")
         reader = csv.reader(text, delimiter="\t" if segment.format == "tsv" else ",")
+        origin = f"{segment.path}, byte {segment.start} + row" if segment.start else f"{segment.path}, row"
         header: list[str] | None = None
         column = None
+        if segment.start:
+            header = [h.lstrip(_BOM).strip() for h in _csv_header(segment)]
+            name = _pick_field(dict.fromkeys(header), text_field)
+            column = header.index(name) if name is not None else None
         row_number = 0
         while True:
             try:
@@ -349,7 +386,7 @@ def _csv_documents(segment: Segment, text_field: str, counts: ReadCounts) -> Ite
                 break
             except csv.Error as e:
                 row_number += 1
-                counts.bad_record("malformed CSV row", f"{segment.path}, row {row_number}: {e}")
+                counts.bad_record("malformed CSV row", f"{origin} {row_number}: {e}")
                 continue
             row_number += 1
             if header is None:
@@ -360,7 +397,7 @@ def _csv_documents(segment: Segment, text_field: str, counts: ReadCounts) -> Ite
                 continue
             if not any(cell.strip() for cell in row):
                 continue
-            where = f"{segment.path}, row {row_number}"
+            where = f"{origin} {row_number}"
             if column is None:
                 counts.bad_record(_missing_field_kind(text_field), where)
                 continue

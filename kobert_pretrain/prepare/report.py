@@ -72,6 +72,7 @@ def plots(report: dict, coverage_curve: list[float]) -> dict[str, bytes]:
     ax.set_xlabel("document length, sentences")
     ax.set_ylabel("documents")
     ax.set_title("Document length (output)")
+    ax.tick_params(axis="x", rotation=45)
     images["document_length"] = _png(fig)
 
     fig, ax = plt.subplots(figsize=(7, 3.2))
