@@ -270,3 +270,18 @@ def test_shared_raw_prepare_vocab_shards_train(tmp_path):
         assert result.returncode == 0, (step[0], result.stderr[-2000:])
     assert (tmp_path / "run" / "checkpoints").is_dir()
     shutil.rmtree(tmp_path / "run")
+
+
+def test_config_reports_every_problem_at_once():
+    from kobert_pretrain.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["--prepare.input=a", "--prepare.out=b", "--prepare.workers=0", "--prepare.splitter=kss",
+                           "--prepare.min_document_hangul=1.5", "--prepare.boilerplate_min_docs=1"],
+                    validate=("prepare",))
+    assert e.value.problems == [
+        "prepare.splitter='kss': must be one of kiwi, rule",
+        "prepare.boilerplate_min_docs=1: would drop every line; use >= 2, or 0 for off",
+        "prepare.min_document_hangul=1.5: must be in [0, 1]",
+        "prepare.workers=0: must be >= 1",
+    ]
