@@ -54,9 +54,10 @@ class Splitter:
             from kiwipiepy import Kiwi
 
             with warnings.catch_warnings():
+                # kiwipiepy warns that 0 meant "all cores" before 0.21; since then it means one thread.
                 warnings.simplefilter("ignore", DeprecationWarning)
                 # One thread per worker process: workers and ranks are the parallelism.
-                self._kiwi = Kiwi(num_workers=-1)
+                self._kiwi = Kiwi(num_workers=0)
 
     def split(self, paragraph: str) -> list[str]:
         """The sentences of one paragraph (no empty ones, none with a line break)."""
