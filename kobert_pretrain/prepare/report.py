@@ -154,7 +154,7 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
     return f"""<!DOCTYPE html>
 <html lang="ko"><head><meta charset="utf-8"><title>kobert-pretrain prepare: data report</title>
 <style>
-body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
+body {{ font-family: "Noto Sans KR", "Apple SD Gothic Neo", "Malgun Gothic", sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }}
 th {{ background: #f0f0f0; }}
