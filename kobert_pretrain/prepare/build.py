@@ -69,14 +69,12 @@ def work_dir_of(out: Path) -> Path:
 
 
 def build_identity(cfg: PrepareConfig, paths: list[Path]) -> dict:
-    """What the output depends on: settings, input files and sizes, the splitter's version."""
-    splitter_version = "rule"
-    if cfg.splitter == "kiwi":
-        import kiwipiepy
+    """What the output depends on: settings, input files and sizes, the splitter's and MinHash's versions."""
+    from importlib.metadata import version
 
-        splitter_version = f"kiwipiepy {kiwipiepy.__version__}"
+    splitter_version = f"kiwipiepy {version('kiwipiepy')}" if cfg.splitter == "kiwi" else "rule"
     return {"format": FORMAT, "config": cfg.generation_dict(), "splitter": splitter_version,
-            "inputs": [[str(p), p.stat().st_size] for p in paths]}
+            "minhash": f"datasketch {version('datasketch')}", "inputs": [[str(p), p.stat().st_size] for p in paths]}
 
 
 def fingerprint(identity: dict) -> str:
