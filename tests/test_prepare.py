@@ -285,3 +285,33 @@ def test_config_reports_every_problem_at_once():
         "prepare.min_document_hangul=1.5: must be in [0, 1]",
         "prepare.workers=0: must be >= 1",
     ]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_the_same_command_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    inputs = [numbered_documents(tmp_path / f"doc{i}.txt", i, 12) for i in range(6)]
+    args = [sys.executable, "-m", "kobert_pretrain", "prepare", "--config", str(ROOT / "configs" / "debug.toml"),
+            *[a for p in inputs for a in ("--input", str(p))], "--out", str(tmp_path / "out"),
+            "--prepare.chunk_mb=0.0005"]
+    reference = prepare(config(inputs, tmp_path / "reference", "--prepare.chunk_mb=0.0005",
+                               "--prepare.splitter=kiwi"))
+    work = build.work_dir_of(tmp_path / "out")
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list((work / "clean").glob("task-??????"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out").exists()
+    done = len(list((work / "clean").glob("task-??????")))
+    assert 2 <= done < len(build.plan_tasks([p.resolve() for p in inputs], "auto", "blank_line", 500))
+    result = run_cli(*args[3:])
+    assert result.returncode == 0, result.stderr
+    assert without_timings(tree_bytes(tmp_path / "out")) == without_timings(tree_bytes(reference))
+    assert not work.exists()
