@@ -51,17 +51,16 @@ from kobert_pretrain.fsutil import (
     ensure_free_output_dir,
 )
 from kobert_pretrain.prepare import dedup as dd
-from kobert_pretrain.prepare.filters import FILTER_NAMES, TEXT_FILTERS, Filters, non_space_chars
+from kobert_pretrain.prepare.filters import Filters, non_space_chars
 from kobert_pretrain.prepare.output import TEXT_DIR, OutputStats, PartWriter
 from kobert_pretrain.prepare.readers import ReadCounts, Segment, iter_documents, plan_tasks
-from kobert_pretrain.prepare.report import write_report
+from kobert_pretrain.prepare.report import make_report, write_report
 from kobert_pretrain.prepare.split import Splitter
 from kobert_pretrain.text import resolve_inputs, warn
 
 FORMAT = 1  # version of the work files; part of the fingerprint
 PLAN_FILE = "plan.json"
 META_FILE = "meta.json"
-TAG_SAMPLES = 7  # default_rng([seed, TAG_SAMPLES, ...]) picks the report's samples
 
 
 def work_dir_of(out: Path) -> Path:
@@ -488,8 +487,8 @@ def _prepare(cfg: PrepareConfig, dist, paths: list[Path], out: Path, work: Path,
             clean_metas = [json.loads((task_dir(work, "clean", t) / META_FILE).read_text()) for t in range(len(tasks))]
             filter_metas = [json.loads((task_dir(work, "filter", t) / META_FILE).read_text())
                             for t in range(len(tasks))]
-            report = _make_report(cfg, identity, fp, input_bytes, clean_metas, filter_metas, dedup_meta, written,
-                                  timings, dry_run)
+            report = make_report(cfg, identity, fp, input_bytes, clean_metas, filter_metas, dedup_meta, written,
+                                 timings, dry_run)
             if report["output"]["documents"] == 0:
                 shutil.rmtree(work, ignore_errors=True)  # a final verdict: nothing to resume
                 raise UserError(_nothing_left(report))
@@ -543,73 +542,6 @@ def _run_tasks(ctx: TaskContext, fn, tasks: list[int], workers: int, dist, desc:
                     bar.update(1)
     finally:
         bar.close()
-
-
-# --------------------------------------------------------------------------------- the report
-
-
-def _merge_filters(clean_metas: list[dict], filter_metas: list[dict], seed: int, limit: int) -> dict:
-    """Filter counters summed over tasks (text filters from the clean phase, drop filters from the filter
-    phase), in FILTER_NAMES order; samples: `limit` of the tasks' samples, chosen by the seed."""
-    merged: dict[str, dict] = {}
-    for name in FILTER_NAMES:
-        metas = clean_metas if name in TEXT_FILTERS else filter_metas
-        for meta in metas:
-            if name not in meta["filters"]:
-                continue
-            s = meta["filters"][name]
-            m = merged.setdefault(name, {"documents": 0, "units": 0, "chars": 0, "samples": []})
-            m["documents"] += s["documents"]
-            m["units"] += s["units"]
-            m["chars"] += s["chars"]
-            m["samples"].extend(s["samples"])
-    for stream, name in enumerate(merged):
-        merged[name]["samples"] = _pick(merged[name]["samples"], limit, seed, stream)
-    return merged
-
-
-def _pick(items: list, limit: int, seed: int, stream: int) -> list:
-    if len(items) <= limit:
-        return items
-    chosen = np.random.default_rng([seed, TAG_SAMPLES, stream]).choice(len(items), size=limit, replace=False)
-    return [items[i] for i in sorted(chosen)]
-
-
-def _make_report(cfg, identity, fp, input_bytes, clean_metas, filter_metas, dedup_meta, written, timings,
-                 dry_run) -> dict:
-    read = ReadCounts()
-    for m in clean_metas:
-        read.merge(m["read"])
-    filters = _merge_filters(clean_metas, filter_metas, cfg.seed, cfg.samples_per_filter)
-    chars_in = sum(m["chars"] for m in clean_metas)
-    for m in filters.values():
-        m["share_of_chars"] = m["chars"] / chars_in if chars_in else 0.0
-    split_samples = [s for m in clean_metas for s in m["split"]["samples"]]
-    documents_in = sum(m["documents"] for m in clean_metas)
-    after_filters = sum(m["documents"] for m in filter_metas)
-    return {
-        "fingerprint": fp,
-        "dry_run": dry_run,
-        "config": cfg.generation_dict(),
-        "inputs": identity["inputs"],
-        "input": {"files": len(identity["inputs"]), "bytes": input_bytes, "decompressed_bytes": read.input_bytes,
-                  "records": read.records, "bad_records": read.bad, "bad_record_examples": read.bad_examples,
-                  "documents": documents_in, "sentences": sum(m["sentences"] for m in clean_metas),
-                  "chars": chars_in},
-        "filters": filters,
-        "empty_documents": sum(m["empty_documents"] for m in filter_metas),
-        "after_filters": {"documents": after_filters},
-        "dedup": {k: v for k, v in dedup_meta.items() if k != "fingerprint"}
-        | {"exact_rate": dedup_meta["exact"] / after_filters if after_filters else 0.0,
-           "near_rate": dedup_meta["near"] / after_filters if after_filters else 0.0,
-           "samples": written["samples"]},
-        "splitter": {"name": identity["splitter"], "paragraphs": sum(m["split"]["paragraphs"] for m in clean_metas),
-                     "fallbacks": sum(m["split"]["fallbacks"] for m in clean_metas),
-                     "fallback_samples": _pick(split_samples, cfg.samples_per_filter, cfg.seed, 99)},
-        "output": written["output"],
-        "parts": written["parts"],
-        "seconds": {k: round(v, 3) for k, v in timings.items()},
-    }
 
 
 def _nothing_left(report: dict) -> str:

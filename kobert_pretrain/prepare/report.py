@@ -1,5 +1,8 @@
 """The data report: report.json (every number) and report.html (tables, plots, samples of removed text).
 
+`make_report` assembles it from the tasks' and phases' meta.json files (counters summed in task order,
+samples chosen by the seed), so it is the same for any number of workers.
+
 The plots are matplotlib PNGs (Agg, no display needed) embedded in the HTML as
 base64, so the page is one self-contained file. Plot labels are English (the
 fonts matplotlib ships have no Hangul); the samples, in the HTML tables, are
@@ -13,8 +16,13 @@ import html
 import io
 from pathlib import Path
 
+import numpy as np
+
 from kobert_pretrain.fsutil import atomic_write_json, atomic_write_text
-from kobert_pretrain.prepare.filters import FILTER_NAMES
+from kobert_pretrain.prepare.filters import FILTER_NAMES, TEXT_FILTERS
+from kobert_pretrain.prepare.readers import ReadCounts
+
+TAG_SAMPLES = 7  # default_rng([seed, TAG_SAMPLES, ...]) picks the report's samples
 
 FILTER_HELP = {
     "normalize": "Unicode NFC; control and zero-width characters removed",
@@ -30,6 +38,71 @@ FILTER_HELP = {
     "short_document": "documents shorter than min_document_chars",
     "document_hangul": "documents with a Hangul share below min_document_hangul",
 }
+
+
+def merge_filters(clean_metas: list[dict], filter_metas: list[dict], seed: int, limit: int) -> dict:
+    """Filter counters summed over tasks (text filters from the clean phase, drop filters from the filter
+    phase), in FILTER_NAMES order; samples: `limit` of the tasks' samples, chosen by the seed."""
+    merged: dict[str, dict] = {}
+    for name in FILTER_NAMES:
+        metas = clean_metas if name in TEXT_FILTERS else filter_metas
+        for meta in metas:
+            if name not in meta["filters"]:
+                continue
+            s = meta["filters"][name]
+            m = merged.setdefault(name, {"documents": 0, "units": 0, "chars": 0, "samples": []})
+            m["documents"] += s["documents"]
+            m["units"] += s["units"]
+            m["chars"] += s["chars"]
+            m["samples"].extend(s["samples"])
+    for stream, name in enumerate(merged):
+        merged[name]["samples"] = pick_samples(merged[name]["samples"], limit, seed, stream)
+    return merged
+
+
+def pick_samples(items: list, limit: int, seed: int, stream: int) -> list:
+    if len(items) <= limit:
+        return items
+    chosen = np.random.default_rng([seed, TAG_SAMPLES, stream]).choice(len(items), size=limit, replace=False)
+    return [items[i] for i in sorted(chosen)]
+
+
+def make_report(cfg, identity, fp, input_bytes, clean_metas, filter_metas, dedup_meta, written, timings,
+                dry_run) -> dict:
+    """report.json's content, from the tasks' and phases' meta.json files and the writer's statistics."""
+    read = ReadCounts()
+    for m in clean_metas:
+        read.merge(m["read"])
+    filters = merge_filters(clean_metas, filter_metas, cfg.seed, cfg.samples_per_filter)
+    chars_in = sum(m["chars"] for m in clean_metas)
+    for m in filters.values():
+        m["share_of_chars"] = m["chars"] / chars_in if chars_in else 0.0
+    split_samples = [s for m in clean_metas for s in m["split"]["samples"]]
+    documents_in = sum(m["documents"] for m in clean_metas)
+    after_filters = sum(m["documents"] for m in filter_metas)
+    return {
+        "fingerprint": fp,
+        "dry_run": dry_run,
+        "config": cfg.generation_dict(),
+        "inputs": identity["inputs"],
+        "input": {"files": len(identity["inputs"]), "bytes": input_bytes, "decompressed_bytes": read.input_bytes,
+                  "records": read.records, "bad_records": read.bad, "bad_record_examples": read.bad_examples,
+                  "documents": documents_in, "sentences": sum(m["sentences"] for m in clean_metas),
+                  "chars": chars_in},
+        "filters": filters,
+        "empty_documents": sum(m["empty_documents"] for m in filter_metas),
+        "after_filters": {"documents": after_filters},
+        "dedup": {k: v for k, v in dedup_meta.items() if k != "fingerprint"}
+        | {"exact_rate": dedup_meta["exact"] / after_filters if after_filters else 0.0,
+           "near_rate": dedup_meta["near"] / after_filters if after_filters else 0.0,
+           "samples": written["samples"]},
+        "splitter": {"name": identity["splitter"], "paragraphs": sum(m["split"]["paragraphs"] for m in clean_metas),
+                     "fallbacks": sum(m["split"]["fallbacks"] for m in clean_metas),
+                     "fallback_samples": pick_samples(split_samples, cfg.samples_per_filter, cfg.seed, 99)},
+        "output": written["output"],
+        "parts": written["parts"],
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+    }
 
 
 def write_report(directory: Path, report: dict, coverage_curve: list[float]) -> None:
