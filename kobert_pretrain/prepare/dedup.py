@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 import zlib
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -76,11 +76,11 @@ class Signer:
             # crc32 hashes a shingle in C (datasketch's default, sha1 in Python, is 4x slower per shingle);
             # the permutations are drawn from `seed`, so signatures agree across processes.
             self._template = MinHash(num_perm=num_perm, seed=seed, hashfunc=zlib.crc32)
-        self._minhash: Callable = MinHash
+        self._minhash_class = MinHash
 
     def signature(self, text: str) -> np.ndarray:
         """(num_perm,) uint32 MinHash signature of the text's shingles."""
-        m = self._minhash(num_perm=self.num_perm, seed=self._template.seed, hashfunc=zlib.crc32,
+        m = self._minhash_class(num_perm=self.num_perm, seed=self._template.seed, hashfunc=zlib.crc32,
                           permutations=self._template.permutations, scheme=self._template.scheme)
         m.update_batch(shingles(text, self.ngram))
         return m.hashvalues.astype(np.uint32)
