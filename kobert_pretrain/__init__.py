@@ -2,6 +2,8 @@
 
 The pipeline, one module per stage:
 
+    prepare -> cleaned, deduplicated, sentence-split corpus  (kobert_pretrain.prepare)
+               and a data report
     vocab   -> SentencePiece model with fixed special ids   (kobert_pretrain.vocab)
     shards  -> NSP pairs and masked-LM instances on disk     (kobert_pretrain.shards)
     train   -> Horovod-distributed GluonNLP BERT, with        (kobert_pretrain.train,

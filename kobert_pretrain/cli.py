@@ -48,6 +48,12 @@ def _flag(p: argparse.ArgumentParser, *names: str, dest: str, **kw) -> None:
     p.add_argument(*names, dest=dest, default=argparse.SUPPRESS, **kw)
 
 
+def _run_prepare(args: argparse.Namespace, cfg) -> None:
+    from kobert_pretrain.prepare import prepare
+
+    prepare(cfg.prepare, dry_run=args.dry_run)
+
+
 def _run_vocab(args: argparse.Namespace, cfg) -> None:
     from kobert_pretrain.vocab import build_vocab
 
@@ -158,6 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kobert-pretrain {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = _add_stage(sub, "prepare", "clean, deduplicate and sentence-split raw documents, with a data report "
+                   "(stage 0)", ("prepare",))
+    _flag(p, "--input", "-i", dest="prepare.input", action="append", metavar="PATH",
+          help="raw file (text, JSONL, CSV; may be compressed), glob or directory; repeat for more")
+    _flag(p, "--out", "-o", dest="prepare.out", metavar="DIR", help="output directory (new or empty)")
+    _flag(p, "--format", dest="prepare.format", choices=["auto", "text", "jsonl", "csv"],
+          help="input format (auto: by file name)")
+    _flag(p, "--text-field", dest="prepare.text_field", metavar="F", help="JSONL key or CSV column of the text")
+    _flag(p, "--workers", dest="prepare.workers", metavar="N", help="worker processes (1)")
+    p.add_argument("--dry-run", action="store_true", help="write only report.json and report.html")
+    p.set_defaults(run=_run_prepare)
 
     p = _add_stage(sub, "vocab", "train a SentencePiece vocabulary (stage 1)", ("vocab",))
     _flag(p, "--input", "-i", dest="vocab.input", action="append", metavar="PATH",

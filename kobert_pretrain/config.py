@@ -83,6 +83,91 @@ SPM_MODEL_TYPES = ("unigram", "bpe")
 SPM_NORMALIZATIONS = ("nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf", "identity")
 
 
+PREPARE_FORMATS = ("auto", "text", "jsonl", "csv")
+TEXT_DOCUMENTS = ("blank_line", "line")
+SPLITTERS = ("kiwi", "rule")
+
+
+@dataclass
+class PrepareConfig:
+    """Stage 0, `kobert-pretrain prepare`: raw documents -> cleaned, deduplicated, sentence-split corpus + report."""
+
+    input: list[str] = opt([], "raw files, globs or directories: text, JSONL or CSV, optionally gzip/bzip2/xz/zstd")
+    out: str = opt("", "output directory (text/part-NNNNN.txt, report.json, report.html); must be new or empty")
+    format: str = opt("auto", "auto (by file name: .jsonl/.json/.ndjson, .csv, .tsv, else text), text, jsonl or csv")
+    text_field: str = opt(
+        "", "JSONL key or CSV column holding the document; empty = the first of text, body, content, 내용, 본문")
+    text_documents: str = opt("blank_line", "plain text: blank_line (a blank line ends a document) or line "
+                                            "(every line is a document)")
+    normalize: bool = opt(True, "filter normalize: Unicode NFC; remove control and zero-width characters")
+    strip_html: bool = opt(True, "filter html: remove tags, decode entities (&amp; &nbsp; &#39;)")
+    remove_urls: bool = opt(True, "filter url: remove http(s):// and www. addresses")
+    remove_emails: bool = opt(True, "filter email: remove e-mail addresses")
+    scrub_pii: bool = opt(False, "filter pii: remove phone numbers and resident-registration-like numbers")
+    max_char_repeat: int = opt(3, "filter repeat: cap runs of one character (not digits) at this length; 0 = off")
+    boilerplate_min_docs: int = opt(
+        10, "filter boilerplate: drop a line found in at least this many documents; 0 = off")
+    min_sentence_chars: int = opt(2, "filter short_sentence: drop sentences with fewer non-space characters")
+    min_sentence_hangul: float = opt(
+        0.0, "filter sentence_hangul: drop sentences whose share of Hangul in non-space characters is lower; 0 = off")
+    min_document_chars: int = opt(20, "filter short_document: drop documents with fewer non-space characters")
+    min_document_hangul: float = opt(
+        0.0, "filter document_hangul: drop documents whose share of Hangul in non-space characters is lower; 0 = off")
+    dedup_documents: bool = opt(True, "drop exact duplicate documents (after cleaning); the first in input order stays")
+    near_dup_threshold: float = opt(
+        0.8, "drop documents whose MinHash Jaccard estimate with an earlier one is at least this; 0 = off")
+    minhash_num_perm: int = opt(128, "MinHash permutations per document (signature: 4 bytes each)")
+    minhash_ngram: int = opt(5, "characters per MinHash shingle (whitespace collapsed)")
+    dedup_sentences: bool = opt(True, "drop exact duplicate sentences of at least dedup_sentence_min_chars")
+    dedup_sentence_min_chars: int = opt(
+        30, "shortest sentence (non-space characters) deduplicated; shorter ones (\"네.\") may repeat")
+    splitter: str = opt("kiwi", "sentence splitter: kiwi (kiwipiepy split_into_sents) or rule (after . ? ! and "
+                                "whitespace, as shards)")
+    chunk_mb: float = opt(8.0, "input per task, in MB: bounds worker memory; compressed and CSV files are one task")
+    part_mb: float = opt(64.0, "largest output part, in MB (a longer single document gets a part of its own)")
+    samples_per_filter: int = opt(8, "removed-text samples per filter in the report")
+    workers: int = opt(1, "worker processes on this machine (under horovodrun: per rank)")
+    seed: int = opt(1, "seed of the MinHash permutations and the report's samples")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.input:
+            problems.append("prepare.input: give at least one --input file, glob or directory")
+        if not self.out:
+            problems.append("prepare.out: give an output directory with --out")
+        for name, allowed in (("format", PREPARE_FORMATS), ("text_documents", TEXT_DOCUMENTS),
+                              ("splitter", SPLITTERS)):
+            if getattr(self, name) not in allowed:
+                problems.append(f"prepare.{name}={getattr(self, name)!r}: must be one of {', '.join(allowed)}")
+        for name in ("max_char_repeat", "boilerplate_min_docs", "min_sentence_chars", "min_document_chars",
+                     "dedup_sentence_min_chars", "samples_per_filter", "seed"):
+            if getattr(self, name) < 0:
+                problems.append(f"prepare.{name}={getattr(self, name)}: must be >= 0")
+        if self.boilerplate_min_docs == 1:
+            problems.append("prepare.boilerplate_min_docs=1: would drop every line; use >= 2, or 0 for off")
+        for name in ("min_sentence_hangul", "min_document_hangul", "near_dup_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"prepare.{name}={getattr(self, name)}: must be in [0, 1]")
+        if self.near_dup_threshold and not 0.5 <= self.near_dup_threshold <= 0.99:
+            problems.append(f"prepare.near_dup_threshold={self.near_dup_threshold}: must be 0 (off) or in [0.5, 0.99]")
+        if not 16 <= self.minhash_num_perm <= 512:
+            problems.append(f"prepare.minhash_num_perm={self.minhash_num_perm}: must be in [16, 512]")
+        if not 1 <= self.minhash_ngram <= 32:
+            problems.append(f"prepare.minhash_ngram={self.minhash_ngram}: must be in [1, 32]")
+        for name in ("chunk_mb", "part_mb"):
+            if getattr(self, name) <= 0:
+                problems.append(f"prepare.{name}={getattr(self, name)}: must be > 0")
+        if self.workers < 1:
+            problems.append(f"prepare.workers={self.workers}: must be >= 1")
+        return problems
+
+    # Where and how fast to run, not what to produce: output bytes do not depend on these.
+    RUN_LOCAL = ("input", "out", "workers")
+
+    def generation_dict(self) -> dict:
+        return {k: v for k, v in to_dict(self).items() if k not in self.RUN_LOCAL}
+
+
 @dataclass
 class VocabConfig:
     """Stage 1, `kobert-pretrain vocab`. Field names are SentencePiece's spm_train flags."""
@@ -368,6 +453,7 @@ class ConvertConfig:
 
 # Sections of a config file, in pipeline order.
 SECTIONS: dict[str, type] = {
+    "prepare": PrepareConfig,
     "vocab": VocabConfig,
     "shards": ShardsConfig,
     "model": ModelConfig,
@@ -382,6 +468,7 @@ SECTIONS: dict[str, type] = {
 class Config:
     """All sections of one config file."""
 
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -12,10 +12,16 @@ rm -rf "$DEMO_DIR"
 mkdir -p "$DEMO_DIR"
 
 echo "== corpus: konlpy's constitution and bills, one sentence per line"
-"$KOBERT" demo-corpus --out "$DEMO_DIR/corpus.txt"
+"$KOBERT" demo-corpus --out "$DEMO_DIR/raw.txt"
+
+echo "== stage 0: clean, deduplicate and sentence-split the raw documents (kiwipiepy), with a data report"
+"$KOBERT" prepare --config "$CONFIG" --input "$DEMO_DIR/raw.txt" --out "$DEMO_DIR/prepared" 2>&1 \
+    | grep -E '^(prepare|kobert-pretrain)'
+echo "   data report: $DEMO_DIR/prepared/report.html (open it in a browser)"
+CORPUS="$DEMO_DIR/prepared/text"  # the parts, as --input of vocab and shards
 
 echo "== stage 1: SentencePiece vocabulary"
-"$KOBERT" vocab --config "$CONFIG" --input "$DEMO_DIR/corpus.txt" --out "$DEMO_DIR/vocab"
+"$KOBERT" vocab --config "$CONFIG" --input "$CORPUS" --out "$DEMO_DIR/vocab"
 python_bin=$(dirname "$(command -v "$KOBERT")")/python  # the venv's interpreter
 "$python_bin" - "$DEMO_DIR/vocab/spm.model" <<'PY'
 import sys
@@ -27,7 +33,7 @@ print(f"   {text} -> {sp.encode(text, out_type=str)}")
 PY
 
 echo "== stage 2: masked-LM / next-sentence shards (2 worker processes)"
-"$KOBERT" shards --config "$CONFIG" --input "$DEMO_DIR/corpus.txt" --vocab "$DEMO_DIR/vocab" \
+"$KOBERT" shards --config "$CONFIG" --input "$CORPUS" --vocab "$DEMO_DIR/vocab" \
     --out "$DEMO_DIR/shards" --workers 2
 "$KOBERT" inspect "$DEMO_DIR/shards" --num 1
 

@@ -10,16 +10,18 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "kobert_pretrain"
 
-# The stage of each module (a package's modules take the package's stage). 0: what every stage uses;
-# 1 vocab, 2 shards, 3 train (with its loader, model, checkpoints and supervisor), 4 convert;
-# 9: the entry points and tools that use all of them.
+# The stage of each module (a package's modules take the package's stage), in pipeline order. 0: what
+# every stage uses; 1 prepare (the pipeline's stage 0), 2 vocab, 3 shards, 4 train (with its loader,
+# model, checkpoints and supervisor), 5 convert, 6 finetune; 9: the entry points and tools that use all of them.
 STAGES = {
     "errors": 0, "fsutil": 0, "text": 0, "config": 0, "distributed": 0,
-    "vocab": 1,
-    "masking": 2, "shards": 2,
-    "data": 3, "model": 3, "optim": 3, "run_dir": 3, "metrics": 3, "train_state": 3, "checkpoint": 3,
-    "train": 3, "launch": 3, "gpu": 3, "heartbeat": 3, "plan": 3, "dry_run": 3, "grad_norm": 3,
-    "convert": 4,
+    "prepare": 1,
+    "vocab": 2,
+    "masking": 3, "shards": 3,
+    "data": 4, "model": 4, "optim": 4, "run_dir": 4, "metrics": 4, "train_state": 4, "checkpoint": 4,
+    "train": 4, "launch": 4, "gpu": 4, "heartbeat": 4, "plan": 4, "dry_run": 4, "grad_norm": 4,
+    "convert": 5,
+    "finetune": 6,
     "__init__": 9, "__main__": 9, "cli": 9, "doctor": 9, "demo": 9,
 }
 
