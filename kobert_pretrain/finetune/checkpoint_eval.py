@@ -178,7 +178,8 @@ def heldout_mlm_loss(run: Path) -> dict[int, float]:
 def write_summary(out: Path, run: Path) -> dict:
     """evaluate.json and evaluate.png from the per-step results under `out`."""
     losses = heldout_mlm_loss(run)
-    points, summary = [], {"run_dir": str(run.resolve()), "points": points, "from_scratch": None}
+    points: list[dict] = []
+    summary = {"run_dir": str(run.resolve()), "points": points, "from_scratch": None}
     for path in sorted(out.glob("step-*/results.json")):
         results = json.loads(path.read_text(encoding="utf-8"))
         entry = results["models"][PRETRAINED]
