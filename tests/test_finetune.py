@@ -68,14 +68,15 @@ def test_demo_task_is_a_four_chapter_split():
 
 
 def test_results_files_identity_and_structure(release, task, tmp_path):
-    out = finetune(config(release, task, tmp_path / "out", seeds=[1, 2], from_scratch=True, epochs=2))
+    out = finetune(config(release, task, tmp_path / "out", seeds=[1, 2], from_scratch=True, epochs=2,
+                          max_train_examples=64))
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "results.json", "results.md"]
     results = json.loads((out / "results.json").read_text())
     assert results["release"] == {"path": str(release.resolve()), "step": 7, "checkpoint": "/runs/x/step-7",
                                   "model_sha256": sha256_file(release / "model.safetensors")}
     assert results["task"] == "sentence-classification" and results["labels"] == ["assembly", "courts", "executive",
                                                                                   "rights"]
-    assert results["files"]["train"]["examples"] == 162 and results["files"]["test"]["examples"] == 55
+    assert results["files"]["train"]["examples"] == 64 and results["files"]["test"]["examples"] == 55
     assert set(results["models"]) == {"pretrained", "from_scratch"}
     for entry in results["models"].values():
         assert [s["seed"] for s in entry["seeds"]] == [1, 2]
@@ -104,7 +105,8 @@ def test_dev_chooses_the_epoch_and_test_is_scored_once_with_that_state(release, 
     # A fresh task whose dev and test files differ in size, so the calls tell which file was scored.
     dev_rows = (task / "dev.tsv").read_text().splitlines()
     (tmp_path / "dev.tsv").write_text("\n".join(dev_rows[:41]) + "\n")
-    out = finetune(config(release, task, tmp_path / "out", dev=str(tmp_path / "dev.tsv"), epochs=4, seeds=[3]))
+    out = finetune(config(release, task, tmp_path / "out", dev=str(tmp_path / "dev.tsv"), epochs=4, seeds=[3],
+                          max_train_examples=64))
     run = json.loads((out / "results.json").read_text())["models"]["pretrained"]["seeds"][0]
     assert [n for n, _ in calls] == [40, 40, 40, 40, 55]  # dev after each epoch, test once at the end
     accuracies = [e["dev"]["accuracy"] for e in run["epochs"]]
@@ -114,7 +116,7 @@ def test_dev_chooses_the_epoch_and_test_is_scored_once_with_that_state(release, 
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(release, task, tmp_path):
-    runs = [json.loads((finetune(config(release, task, tmp_path / name, seeds=[seed], epochs=2))
+    runs = [json.loads((finetune(config(release, task, tmp_path / name, seeds=[seed], epochs=2, max_train_examples=64))
                         / "results.json").read_text())["models"]["pretrained"]["seeds"][0]
             for name, seed in (("a", 5), ("b", 5), ("c", 6))]
     for run in runs:
