@@ -88,7 +88,8 @@ def detect_task(path: str | Path, text_column: str = "", text_pair_column: str =
     raise UserError(f"{path}: line 1: the header fits several tasks ({', '.join(matches)}); give --task")
 
 
-def read_task_file(path: str | Path, spec: TaskSpec, label_ids: dict[str, int] | None = None) -> tuple[TaskData, list[str]]:
+def read_task_file(path: str | Path, spec: TaskSpec,
+                   label_ids: dict[str, int] | None = None) -> tuple[TaskData, list[str]]:
     """Read one file as `spec` says; returns the examples and the raw label strings in file order.
 
     With `label_ids` (classification), labels are mapped with it and any other label is an error;
