@@ -70,10 +70,10 @@ PY
 
 echo "== stage 5: fine-tune the release on a labelled task made from the demo corpus, beside the same model from scratch"
 # Which chapter of the Constitution is a sentence from (rights, assembly, executive, courts)? 162 / 55 / 55 sentences.
-# One torch thread: the model is tiny, and on a 2-core machine with other work two threads were 15x slower.
 "$KOBERT" demo-task --out "$DEMO_DIR/task"
-"$KOBERT" finetune "$DEMO_DIR/release" --train "$DEMO_DIR/task/train.tsv" --dev "$DEMO_DIR/task/dev.tsv" \
-    --test "$DEMO_DIR/task/test.tsv" --out "$DEMO_DIR/finetune" --seeds 1,2,3 --from-scratch --epochs 8 \
-    --finetune.lr=1e-3 --finetune.batch_size=16 --finetune.cpu_threads=1 2>&1 | grep -E '^(finetune|kobert-pretrain):'
+# The recipe is [finetune] of the config: 3 seeds, 8 epochs, batch 16, lr 1e-3, one torch thread.
+"$KOBERT" finetune --config "$CONFIG" "$DEMO_DIR/release" --train "$DEMO_DIR/task/train.tsv" \
+    --dev "$DEMO_DIR/task/dev.tsv" --test "$DEMO_DIR/task/test.tsv" --out "$DEMO_DIR/finetune" --from-scratch \
+    2>&1 | grep -E '^(finetune|kobert-pretrain):'
 
 echo "== done: outputs under $DEMO_DIR"
