@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from kobert_pretrain.config import FinetuneConfig
+from kobert_pretrain.errors import UserError
 from kobert_pretrain.finetune.metrics import primary_metric, task_metrics
 from kobert_pretrain.finetune.tasks import TaskData
 
@@ -71,8 +72,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from kobert_pretrain.errors import UserError
-
         raise UserError("--finetune.device=cuda, but torch sees no CUDA device (torch.cuda.is_available() is False)")
     return torch.device(name)
 
