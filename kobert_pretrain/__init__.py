@@ -9,6 +9,8 @@ The pipeline, one module per stage:
     train   -> Horovod-distributed GluonNLP BERT, with        (kobert_pretrain.train,
                checkpoints it can always resume from          kobert_pretrain.checkpoint)
     convert -> Hugging Face (PyTorch) and ONNX releases       (kobert_pretrain.convert)
+    finetune -> downstream scores of a release or a run's     (kobert_pretrain.finetune)
+               checkpoints, beside a from-scratch baseline
 
 Every stage is one importable function that takes its config dataclass
 (`kobert_pretrain.config`) and returns the path it wrote; `kobert-pretrain`

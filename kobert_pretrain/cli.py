@@ -119,6 +119,38 @@ def _run_convert(args: argparse.Namespace, cfg) -> None:
     convert(cfg.convert)
 
 
+def _run_finetune(args: argparse.Namespace, cfg) -> None:
+    from kobert_pretrain.finetune import finetune
+
+    print(finetune(cfg.finetune))
+
+
+def _run_evaluate(args: argparse.Namespace, cfg) -> None:
+    from kobert_pretrain.finetune import evaluate
+
+    print(evaluate(cfg.evaluate, cfg.finetune))
+
+
+def _run_demo_task(args: argparse.Namespace, cfg) -> None:
+    from kobert_pretrain.finetune.demo_task import write_demo_task
+
+    print(write_demo_task(args.out))
+
+
+def _finetune_flags(p: argparse.ArgumentParser) -> None:
+    """The [finetune] flags `finetune` and `evaluate` share."""
+    _flag(p, "--task", dest="finetune.task", metavar="TASK",
+          choices=["auto", "sentence-classification", "pair-classification", "pair-regression"],
+          help="auto (default: from the header), sentence-classification, pair-classification, pair-regression")
+    _flag(p, "--train", dest="finetune.train", metavar="FILE", help="training file (tab-separated, header row)")
+    _flag(p, "--dev", dest="finetune.dev", metavar="FILE", help="development file: chooses the epoch")
+    _flag(p, "--test", dest="finetune.test", metavar="FILE", help="test file: scored once, at the chosen epoch")
+    _flag(p, "--seeds", dest="finetune.seeds", metavar="N,M,...", help="one run per seed; mean +- sd (1)")
+    _flag(p, "--from-scratch", dest="finetune.from_scratch", action="store_const", const="true",
+          help="also fine-tune the same architecture from random weights: the baseline")
+    _flag(p, "--epochs", dest="finetune.epochs", metavar="N", help="passes over the training file (5)")
+
+
 def _run_doctor(args: argparse.Namespace, cfg) -> int:
     from kobert_pretrain import doctor
     from kobert_pretrain.launch import parse_hostfile, parse_hosts
@@ -254,6 +286,27 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--vocab", dest="convert.vocab", metavar="DIR", help="vocabulary (default: the run's)")
     p.set_defaults(run=_run_convert)
 
+    p = _add_stage(sub, "finetune", "fine-tune a release on a labelled task over seeds, optionally beside the "
+                   "same model from scratch (stage 5)", ("finetune",))
+    p.add_argument("release", nargs="?", metavar="RELEASE_DIR", help="the --out of `kobert-pretrain convert`")
+    _flag(p, "--out", "-o", dest="finetune.out", metavar="DIR", help="output directory (new or empty)")
+    _finetune_flags(p)
+    p.set_defaults(run=_run_finetune)
+
+    p = _add_stage(sub, "evaluate", "convert and fine-tune checkpoints of a run: downstream score against "
+                   "pretraining step (stage 5)", ("finetune", "evaluate"))
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="run directory of `kobert-pretrain train`")
+    _flag(p, "--out", "-o", dest="evaluate.out", metavar="DIR", help="output directory (RUN_DIR/evaluate)")
+    _flag(p, "--every", dest="evaluate.every", metavar="K", help="checkpoints at multiples of K steps")
+    _flag(p, "--steps", dest="evaluate.steps", metavar="N,M,...", help="exactly these checkpoint steps")
+    _flag(p, "--vocab", dest="evaluate.vocab", metavar="DIR", help="vocabulary for convert (default: the run's)")
+    _finetune_flags(p)
+    p.set_defaults(run=_run_evaluate)
+
+    p = sub.add_parser("demo-task", help="write a small labelled task from the demo corpus (constitution chapters)")
+    p.add_argument("--out", "-o", required=True, metavar="DIR")
+    p.set_defaults(run=_run_demo_task, sections=())
+
     p = sub.add_parser("export", help="write a checkpoint's parameters as a plain Gluon .params file",
                        allow_abbrev=False)
     p.add_argument("source", metavar="CHECKPOINT_OR_RUN_DIR", help="a checkpoint, or a run (its newest checkpoint)")
@@ -319,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     flags = {k: v for k, v in vars(args).items() if "." in k}
     if args.command == "convert" and args.source:
         flags["convert.source"] = args.source
+    if args.command == "finetune" and args.release:
+        flags["finetune.release"] = args.release
+    if args.command == "evaluate" and args.run_dir:
+        flags["evaluate.run_dir"] = args.run_dir
     try:
         # a dry run validates on its own: it needs no run directory
         checked = () if args.__dict__.get("dry_run") else sections

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "kobert_pretrain"
 # every stage uses; 1 prepare (the pipeline's stage 0), 2 vocab, 3 shards, 4 train (with its loader,
 # model, checkpoints and supervisor), 5 convert, 6 finetune; 9: the entry points and tools that use all of them.
 STAGES = {
-    "errors": 0, "fsutil": 0, "text": 0, "config": 0, "distributed": 0,
+    "errors": 0, "fsutil": 0, "text": 0, "config": 0, "distributed": 0, "demo": 0,  # demo: the bundled corpus
     "prepare": 1,
     "vocab": 2,
     "masking": 3, "shards": 3,
@@ -22,7 +22,7 @@ STAGES = {
     "train": 4, "launch": 4, "gpu": 4, "heartbeat": 4, "plan": 4, "dry_run": 4, "grad_norm": 4,
     "convert": 5,
     "finetune": 6,
-    "__init__": 9, "__main__": 9, "cli": 9, "doctor": 9, "demo": 9,
+    "__init__": 9, "__main__": 9, "cli": 9, "doctor": 9,
 }
 
 
