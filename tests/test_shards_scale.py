@@ -1,0 +1,86 @@
+"""Stage 2 at corpus scale: the same bytes as the reference build, and bounded memory per worker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kobert_pretrain.shards import build_shards
+from kobert_pretrain.vocab import Vocab
+
+from conftest import SHARED_CORPUS, shards_config
+
+# The debug vocabulary of the demo corpus (configs/debug.toml): every checksum below depends on it.
+DEBUG_VOCAB_SHA256 = "456204c41f1d1f43521e841e05318f5a3393ee50f22ed14b88bfe0726ad9d94e"
+
+# Per-shard sha256 (index.json "shards"), recorded with the code of commit d4ba0a9, before phase 2
+# was rewritten to assemble shards in bounded blocks: the rewrite must not change a byte.
+GOLDEN = {
+    "demo dynamic": ([], 1429, [
+        "4fa7e74d260e01017cb88ffc615c16786cb3b5e812ce87fc7dc4822e975e3526",
+        "7e8eddd1573d84cf42467168e34e9389135e79aed907ddf382d4793ae6a4636d",
+        "5dbf757e6d2c1523899110213294ed87eac283afbd8798c4f5180addc7db4437",
+        "7150589fabe91805abf27891fd03d94e84ec189605fc1662510205cb4a81e002",
+    ]),
+    "demo static": (["--shards.masking=static"], 1429, [
+        "90490cde5a057c16e1c834be5fdc6c67fe2e7620dee2c7cbd3dffdece055f198",
+        "834edcdeb3f8f52891406df73a9a6dcb694ce013ae6f1161233949b65287775f",
+        "7f384bdb9b0902c2d14b9a2fc857e62e7b7a963e568e566c74dc2daef52901dd",
+        "a379927877d45afd31451042546726a20015546a47c351f5da804affcb243af5",
+    ]),
+    # 0.01 MB chunks: every shard gathers from many chunks, most of them cut at a shard boundary.
+    "demo static whole-word, 3 shards, many chunks": (
+        ["--shards.masking=static", "--shards.whole_word_mask=true", "--shards.num_shards=3",
+         "--shards.chunk_mb=0.01", "--shards.dupe_factor=3"], 2164, [
+            "f4cca34780d5a5c9e156f7437c04c3cd866244c9e02db00f29f8e5b7093eb295",
+            "55639409b58761f10fe4fd7aba95460354a4c2644bef204d33745d64802e1a16",
+            "a86fac4cd67cc81180295923bd7b4dccccfe8365cd87ea13fec49b7230497d22",
+        ]),
+}
+# ../shared/corpus/boddari/wikinews.txt (1.2 MB of real news text), seq 128, the debug vocabulary.
+WIKINEWS = ["--shards.max_seq_length=128", "--shards.max_predictions_per_seq=20", "--shards.chunk_mb=0.3"]
+GOLDEN_WIKINEWS = {
+    "wikinews dynamic": (WIKINEWS, 8142, [
+        "81d1ddb200217b07008de3671e50f2772716dae41cd6e04260b644169d85ee5e",
+        "1eee61ed716f545dcbaaf2af325390b5b688efd93f12261a17295cc3e9f3c4f5",
+        "ee99933f4e2962b2f6359849584261ebc6dc71dcdd144356a086d39a4fa1a2d2",
+        "fbb6e2e6e2c709f480a45be4324a3980612c6a949fc3b3ab56380ce2a0d7e09e",
+    ]),
+    "wikinews static": (WIKINEWS + ["--shards.masking=static"], 8142, [
+        "f47b72d76b2d150975c01fda382b3eb6c2f43831a43b3006f73700af2cc7bbf5",
+        "70c3fa250dde2e6dd789712b474847025298c58884410b72f4e1b41a181b9e4d",
+        "f789db902b12ce62f0458da832ffecb7e45de61a72167e01338deae53b14d1ce",
+        "15ff4dfb39eb5d35a5202b4514cd9cbe8f10beeb7e4a91cc44fa8ad8569cf3dd",
+    ]),
+}
+
+
+def _shard_sums(out):
+    index = json.loads((out / "index.json").read_text())
+    return index["num_instances"], [entry["sha256"] for entry in index["shards"]]
+
+
+@pytest.fixture(scope="module")
+def checked_vocab(debug_vocab):
+    sha = Vocab.load(debug_vocab).sha256
+    assert sha == DEBUG_VOCAB_SHA256, ("the debug vocabulary itself changed (SentencePiece or the vocab stage): "
+                                       "the recorded shard checksums no longer apply")
+    return debug_vocab
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN))
+def test_same_bytes_as_the_recorded_build(tmp_path, demo_corpus, checked_vocab, case):
+    overrides, num_instances, sums = GOLDEN[case]
+    out = build_shards(shards_config(demo_corpus, checked_vocab, tmp_path / "s", *overrides))
+    assert _shard_sums(out) == (num_instances, sums)
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN_WIKINEWS))
+def test_same_bytes_as_the_recorded_build_on_real_text(tmp_path, checked_vocab, case):
+    wikinews = SHARED_CORPUS / "boddari" / "wikinews.txt"
+    if not wikinews.is_file():
+        pytest.skip("../shared/corpus is not present")
+    overrides, num_instances, sums = GOLDEN_WIKINEWS[case]
+    out = build_shards(shards_config(wikinews, checked_vocab, tmp_path / "s", *overrides))
+    assert _shard_sums(out) == (num_instances, sums)
