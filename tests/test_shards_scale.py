@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from kobert_pretrain.shards import build as build_module
 from kobert_pretrain.shards import build_shards
 from kobert_pretrain.vocab import Vocab
 
@@ -69,15 +70,27 @@ def checked_vocab(debug_vocab):
     return debug_vocab
 
 
+# Phase 2 assembles a shard in blocks of SHARD_BLOCK_TOKENS tokens: at the default every demo shard is
+# one block; at 1,000 tokens (15 instances at seq 64, 7 at 128) a shard is hundreds of blocks.
+BLOCK_SIZES = [pytest.param(None, id="default-blocks"), pytest.param(1000, id="1000-token-blocks")]
+
+
+@pytest.fixture(params=BLOCK_SIZES)
+def block_tokens(request, monkeypatch):
+    if request.param is not None:
+        monkeypatch.setattr(build_module, "SHARD_BLOCK_TOKENS", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("case", sorted(GOLDEN))
-def test_same_bytes_as_the_recorded_build(tmp_path, demo_corpus, checked_vocab, case):
+def test_same_bytes_as_the_recorded_build(tmp_path, demo_corpus, checked_vocab, case, block_tokens):
     overrides, num_instances, sums = GOLDEN[case]
     out = build_shards(shards_config(demo_corpus, checked_vocab, tmp_path / "s", *overrides))
     assert _shard_sums(out) == (num_instances, sums)
 
 
 @pytest.mark.parametrize("case", sorted(GOLDEN_WIKINEWS))
-def test_same_bytes_as_the_recorded_build_on_real_text(tmp_path, checked_vocab, case):
+def test_same_bytes_as_the_recorded_build_on_real_text(tmp_path, checked_vocab, case, block_tokens):
     wikinews = SHARED_CORPUS / "boddari" / "wikinews.txt"
     if not wikinews.is_file():
         pytest.skip("../shared/corpus is not present")

@@ -24,11 +24,13 @@ Peak memory per worker is about one chunk or one shard, whatever the corpus size
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
+import resource
 import shutil
 import sys
 import time
@@ -50,7 +52,9 @@ from kobert_pretrain.shards.format import (
     FORMAT,
     INDEX_FILE,
     SHARD_DIR_RE,
+    ArrayDirWriter,
     DiskFullError,
+    MappedArray,
     disk_full,
     read_array_meta,
     shard_name,
@@ -58,7 +62,7 @@ from kobert_pretrain.shards.format import (
     verify_array_dir,
     write_array_dir,
 )
-from kobert_pretrain.shards.instances import create_pairs, materialize
+from kobert_pretrain.shards.instances import copy_rows, create_pairs, materialize
 from kobert_pretrain.text import resolve_inputs, warn
 from kobert_pretrain.vocab import CLS, SEP, SPECIAL_IDS, Vocab
 
@@ -67,6 +71,9 @@ PLAN_FILE = "plan.json"
 # Tags keep the random streams of different purposes apart: default_rng([seed, TAG, ...]).
 TAG_PAIRS, TAG_CHUNK_SHUFFLE, TAG_STATIC_MASK, TAG_CHUNK_ORDER, TAG_SHARD_SHUFFLE = 1, 2, 3, 4, 5
 MASK_BLOCK = 2048  # instances masked at a time in static mode: bounds the (block, 3, seq) draws
+# Tokens a shard is assembled in at a time (phase 2): about 12 bytes of temporaries per token plus the
+# chunk-file pages the block touches, so ~10 MB at any shard size (a 256 MB shard is ~230 blocks).
+SHARD_BLOCK_TOKENS = 1 << 19
 
 
 # ---------------------------------------------------------------------------------------- plan
@@ -204,10 +211,11 @@ def chunk_dir(work: Path, c: int) -> Path:
 def run_chunk(c: int, segments: list[tuple[str, int, int]], ctx: TaskContext | None = None) -> dict:
     """Phase 1 task: one chunk of text -> its instances in OUT/.work/chunk-c (skipped if already there)."""
     ctx = ctx or _CONTEXT
+    reset_peak_rss()
     path = chunk_dir(ctx.work, c)
     meta = verify_array_dir(path, ctx.fingerprint)
     if meta is not None:
-        return dict(meta, skipped=True)
+        return dict(meta, skipped=True, peak_rss_mb=peak_rss_mb())
     cfg = ctx.cfg
     counters = ChunkText()
     documents = read_documents(segments, cfg.input_format, counters)
@@ -241,7 +249,7 @@ def run_chunk(c: int, segments: list[tuple[str, int, int]], ctx: TaskContext | N
         "undecodable_lines": counters.undecodable_lines,
         "undecodable_by_file": counters.undecodable_by_file,
     }
-    return dict(write_array_dir(path, arrays, meta), skipped=False)
+    return dict(write_array_dir(path, arrays, meta), skipped=False, peak_rss_mb=peak_rss_mb())
 
 
 def static_mask(tokens, offsets, len_a, spec: MaskingSpec, cfg: ShardsConfig, rng: np.random.Generator):
@@ -271,51 +279,125 @@ def static_mask(tokens, offsets, len_a, spec: MaskingSpec, cfg: ShardsConfig, rn
     return out, (positions.astype(np.uint16), labels, mlm_offsets)
 
 
+class _ChunkSource:
+    """Instances [lo, hi) of one chunk directory, its arrays memory-mapped."""
+
+    def __init__(self, path: Path, lo: int, hi: int, out: Path):
+        if read_array_meta(path) is None:
+            raise UserError(f"{path} is missing: remove {out} and run the shards command again")
+        self.lo, self.hi = lo, hi
+        self._maps = {f.stem: MappedArray(f) for f in path.glob("*.npy")}
+        self.arrays = {name: m.array for name, m in self._maps.items()}
+
+    def dtype(self, name: str) -> np.dtype:
+        return self.arrays[name].dtype
+
+    def span(self, offsets_name: str) -> int:
+        """Tokens (or masked positions) of instances [lo, hi)."""
+        offsets = self.arrays[offsets_name]
+        return int(offsets[self.hi]) - int(offsets[self.lo])
+
+    def release(self) -> None:
+        for m in self._maps.values():
+            m.release()
+
+
 def run_shard(s: int, ranges: list[tuple[int, int, int]], ctx: TaskContext | None = None) -> dict:
-    """Phase 2 task: gather instance ranges (chunk, lo, hi) from chunk files, shuffle, write shard s."""
+    """Phase 2 task: gather instance ranges (chunk, lo, hi) from chunk files, shuffle, write shard s.
+
+    The shard's instances, ranges concatenated, are numbered 0..n-1 and permuted with
+    default_rng([seed, TAG_SHARD_SHUFFLE, s]). The permutation (8 bytes an instance) is the only
+    array of the shard's size held in memory: the output is assembled and appended in blocks of
+    about SHARD_BLOCK_TOKENS tokens, each gathered from the memory-mapped chunk files, whose pages
+    are released after every block. Peak memory is one block, whatever the shard's size.
+    """
     ctx = ctx or _CONTEXT
+    reset_peak_rss()
     path = ctx.out / shard_name(s)
     meta = verify_array_dir(path, ctx.fingerprint)
     if meta is not None:
-        return dict(meta, skipped=True)
-    parts: dict[str, list[np.ndarray]] = {}
-    for c, lo, hi in ranges:
-        src = chunk_dir(ctx.work, c)
-        if read_array_meta(src) is None:
-            raise UserError(f"{src} is missing: remove {ctx.out} and run the shards command again")
-        arrays = {f.stem: np.load(f, mmap_mode="r") for f in src.glob("*.npy")}
-        offsets = arrays["offsets"]
-        parts.setdefault("lengths", []).append(np.diff(offsets[lo:hi + 1]))
-        parts.setdefault("tokens", []).append(np.asarray(arrays["tokens"][offsets[lo]:offsets[hi]]))
-        parts.setdefault("len_a", []).append(np.asarray(arrays["len_a"][lo:hi]))
-        parts.setdefault("nsp", []).append(np.asarray(arrays["nsp"][lo:hi]))
-        if "mlm_offsets" in arrays:
-            mo = arrays["mlm_offsets"]
-            parts.setdefault("mlm_counts", []).append(np.diff(mo[lo:hi + 1]))
-            parts.setdefault("mlm_positions", []).append(np.asarray(arrays["mlm_positions"][mo[lo]:mo[hi]]))
-            parts.setdefault("mlm_labels", []).append(np.asarray(arrays["mlm_labels"][mo[lo]:mo[hi]]))
-    cat = {k: np.concatenate(v) for k, v in parts.items()}
-    n = len(cat["nsp"])
+        return dict(meta, skipped=True, peak_rss_mb=peak_rss_mb())
+    sources = [_ChunkSource(chunk_dir(ctx.work, c), lo, hi, ctx.out) for c, lo, hi in ranges]
+    first = np.cumsum([0] + [src.hi - src.lo for src in sources])  # shard index of each source's first instance
+    n = int(first[-1])
     perm = np.random.default_rng([ctx.cfg.seed, TAG_SHARD_SHUFFLE, s]).permutation(n)
-    tokens, offsets = _ragged_take(cat["tokens"], cat["lengths"], perm)
-    arrays = {"tokens": tokens, "offsets": offsets, "len_a": cat["len_a"][perm], "nsp": cat["nsp"][perm]}
-    if "mlm_counts" in cat:
-        positions, mlm_offsets = _ragged_take(cat["mlm_positions"], cat["mlm_counts"], perm)
-        labels, _ = _ragged_take(cat["mlm_labels"], cat["mlm_counts"], perm)
-        arrays.update(mlm_positions=positions, mlm_labels=labels, mlm_offsets=mlm_offsets)
-    meta = {"shard": s, "fingerprint": ctx.fingerprint, "num_instances": int(n), "num_tokens": int(len(tokens))}
-    return dict(write_array_dir(path, arrays, meta), skipped=False)
+    static = "mlm_offsets" in sources[0].arrays
+    block = max(1, SHARD_BLOCK_TOKENS // ctx.cfg.max_seq_length)
+    with ArrayDirWriter(path) as writer:
+        out = {"tokens": writer.stream("tokens", sources[0].dtype("tokens"), sum(src.span("offsets") for src in sources)),
+               "offsets": writer.stream("offsets", np.dtype(np.int64), n + 1),
+               "len_a": writer.stream("len_a", sources[0].dtype("len_a"), n),
+               "nsp": writer.stream("nsp", sources[0].dtype("nsp"), n)}
+        if static:
+            num_masked = sum(src.span("mlm_offsets") for src in sources)
+            out.update(mlm_positions=writer.stream("mlm_positions", sources[0].dtype("mlm_positions"), num_masked),
+                       mlm_labels=writer.stream("mlm_labels", sources[0].dtype("mlm_labels"), num_masked),
+                       mlm_offsets=writer.stream("mlm_offsets", np.dtype(np.int64), n + 1))
+        written = {"offsets": 0, "mlm_offsets": 0}  # tokens and masked positions appended so far
+        out["offsets"].append(np.zeros(1, np.int64))
+        if static:
+            out["mlm_offsets"].append(np.zeros(1, np.int64))
+        for lo in range(0, n, block):
+            _write_block(perm[lo:lo + block], sources, first, out, written, static)
+        meta = writer.finish({"shard": s, "fingerprint": ctx.fingerprint, "num_instances": n,
+                              "num_tokens": out["tokens"].length})
+    return dict(meta, skipped=False, peak_rss_mb=peak_rss_mb())
 
 
-def _ragged_take(flat: np.ndarray, lengths: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorder the variable-length rows of `flat` (row i has lengths[i] items) by `order`."""
-    starts = np.cumsum(lengths) - lengths
-    new_lengths = lengths[order]
-    offsets = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(new_lengths, out=offsets[1:])
-    total = int(offsets[-1])
-    within = np.arange(total) - np.repeat(offsets[:-1], new_lengths)
-    return flat[np.repeat(starts[order], new_lengths) + within], offsets
+def _write_block(order: np.ndarray, sources: list[_ChunkSource], first: np.ndarray, out: dict, written: dict,
+                 static: bool) -> None:
+    """Append the instances `order` (shard indices, in output order) to every output stream."""
+    which = np.searchsorted(first, order, side="right") - 1  # (block,) the source of each instance
+    by_source = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[by_source], np.arange(len(sources) + 1))
+    groups = []  # (source, the rows of the block it fills, their instance numbers in its chunk file)
+    for k in np.flatnonzero(np.diff(bounds)):
+        rows = by_source[bounds[k]:bounds[k + 1]]
+        groups.append((sources[k], rows, order[rows] - first[k] + sources[k].lo))
+    for name in ("len_a", "nsp"):
+        values = np.empty(len(order), dtype=out[name].dtype)
+        for src, rows, local in groups:
+            values[rows] = src.arrays[name][local]
+        out[name].append(values)
+    _append_ragged(out, "offsets", ("tokens",), groups, len(order), written)
+    if static:
+        _append_ragged(out, "mlm_offsets", ("mlm_positions", "mlm_labels"), groups, len(order), written)
+    for src, _, _ in groups:
+        src.release()
+
+
+def _append_ragged(out: dict, offsets_name: str, names: tuple[str, ...], groups: list, size: int,
+                   written: dict) -> None:
+    """Append the block's rows of the variable-length arrays `names` (rows given by `offsets_name`)."""
+    lengths = np.empty(size, np.int64)
+    starts = []
+    for src, rows, local in groups:
+        offsets = src.arrays[offsets_name]
+        starts.append(offsets[local])
+        lengths[rows] = offsets[local + 1] - starts[-1]
+    ends = np.cumsum(lengths)  # (block,) where each row ends within the block
+    for name in names:
+        values = np.empty(int(ends[-1]), dtype=out[name].dtype)
+        for (src, rows, _), start in zip(groups, starts):
+            copy_rows(values, ends[rows] - lengths[rows], src.arrays[name], start, lengths[rows])
+        out[name].append(values)
+    out[offsets_name].append(ends + written[offsets_name])
+    written[offsets_name] += int(ends[-1])
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-memory measurement for this process (Linux: clear_refs resets the high-water mark)."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB since reset_peak_rss() (VmHWM), else since it started."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 # ---------------------------------------------------------------------------------- the stage
@@ -418,9 +500,9 @@ def _build(cfg: ShardsConfig, dist, vocab: Vocab, paths: list[Path], out: Path) 
     # Phase 1: chunks -> instances (this rank's share).
     mine = [c for c in needed if c % dist.size == dist.rank]
     chunk_bytes = sum(end - start for c in mine for _, start, end in chunks[c])
-    _run_tasks(ctx, run_chunk, [(c, chunks[c]) for c in mine], cfg.workers, dist,
-                         desc="shards: chunks", total=chunk_bytes, unit="B",
-                         progress=lambda m: sum(e - s for _, s, e in chunks[m["chunk"]]))
+    chunk_results = _run_tasks(ctx, run_chunk, [(c, chunks[c]) for c in mine], cfg.workers, dist,
+                               desc="shards: chunks", total=chunk_bytes, unit="B",
+                               progress=lambda m: sum(e - s for _, s, e in chunks[m["chunk"]]))
     dist.barrier("shards.chunks")
     chunk_metas = {c: read_array_meta(chunk_dir(work, c)) for c in needed}
 
@@ -436,9 +518,9 @@ def _build(cfg: ShardsConfig, dist, vocab: Vocab, paths: list[Path], out: Path) 
 
     # Phase 2: chunks -> shards (this rank's share).
     mine = [s for s in todo_shards if s % dist.size == dist.rank]
-    _run_tasks(ctx, run_shard, [(s, ranges[s]) for s in mine], cfg.workers, dist,
-               desc="shards: shards", total=len(mine), unit="shard", progress=lambda m: 1)
-    dist.barrier("shards.shards")
+    shard_results = _run_tasks(ctx, run_shard, [(s, ranges[s]) for s in mine], cfg.workers, dist,
+                               desc="shards: shards", total=len(mine), unit="shard", progress=lambda m: 1)
+    peaks = _peak_memory(dist, chunk_results, shard_results)  # a collective: also the barrier after phase 2
 
     if dist.is_root:
         shard_metas = [read_array_meta(out / shard_name(s)) for s in range(num_shards)]
@@ -449,7 +531,7 @@ def _build(cfg: ShardsConfig, dist, vocab: Vocab, paths: list[Path], out: Path) 
         atomic_write_json(out / "config.json", cfg.generation_dict())
         atomic_write_json(out / INDEX_FILE, index)
         shutil.rmtree(work, ignore_errors=True)
-        _report(index, out, time.time() - started)
+        _report(index, out, time.time() - started, peaks, cfg.workers * dist.size)
     dist.barrier("shards.index")
     return out
 
@@ -579,6 +661,16 @@ def _consume(iterator, bar, progress, results):
     return results
 
 
+def _peak_memory(dist, chunk_results: list[dict], shard_results: list[dict]) -> tuple[float, float]:
+    """The largest peak RSS (MB) of any worker of any rank in phase 1 and in phase 2 (every rank must call)."""
+    mine = [max((m["peak_rss_mb"] for m in results), default=0.0) for results in (chunk_results, shard_results)]
+    # Horovod: each rank fills its own row, the sum gathers all rows everywhere.
+    table = np.zeros((dist.size, 2))
+    table[dist.rank] = mine
+    table = dist.allreduce_sum(table.ravel(), name="shards.peak_memory").reshape(dist.size, 2)
+    return float(table[:, 0].max()), float(table[:, 1].max())
+
+
 def _make_index(cfg, vocab, dtype, fp, identity, chunk_counts, chunk_metas, shard_metas) -> dict:
     undecodable = sum(m["undecodable_lines"] for m in chunk_metas.values())
     num_instances = sum(m["num_instances"] for m in shard_metas)
@@ -616,7 +708,7 @@ def _make_index(cfg, vocab, dtype, fp, identity, chunk_counts, chunk_metas, shar
     }
 
 
-def _report(index: dict, out: Path, seconds: float) -> None:
+def _report(index: dict, out: Path, seconds: float, peaks: tuple[float, float], workers: int) -> None:
     if index["undecodable_lines"]:
         warn(f"skipped {index['undecodable_lines']} line(s) that are not valid UTF-8 "
              "(convert legacy encodings first, e.g. iconv -f cp949 -t utf-8)")
@@ -626,3 +718,6 @@ def _report(index: dict, out: Path, seconds: float) -> None:
         f"in {seconds:.1f}s -> {out}",
         file=sys.stderr,
     )
+    chunks_mb, shards_mb = peaks
+    print(f"shards: peak memory per worker {max(peaks):,.0f} MB (chunks {chunks_mb:,.0f} MB, shards {shards_mb:,.0f} MB); "
+          f"{workers} worker(s) need about {workers} x that (README: sizing --workers)", file=sys.stderr)

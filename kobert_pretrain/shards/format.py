@@ -20,7 +20,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import mmap
 import os
 import re
 import shutil
@@ -62,39 +64,140 @@ def write_array_dir(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> di
     On any error (a full disk included) the temporary directory is removed: no half-written
     directory is ever left under `path`, so a later run redoes exactly this one.
     """
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    file = tmp
-    try:
-        tmp.mkdir(parents=True)
-        files = {}
+    with ArrayDirWriter(path) as writer:
         for name, array in arrays.items():
-            file = tmp / f"{name}.npy"
-            with open(file, "wb") as f:
-                np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-            files[f"{name}.npy"] = sha256_file(file)
+            writer.write(name, array)
+        return writer.finish(meta)
+
+
+class NpyStream:
+    """One .npy file written front to back in blocks: the bytes `np.save` writes for the whole array.
+
+    The header (dtype and length) is written first, so the length must be known up front; the
+    sha256 is computed on the way, so the file is not read back.
+    """
+
+    def __init__(self, file: Path, dtype: np.dtype, length: int):
+        self.file, self.dtype, self.length = file, np.dtype(dtype), length
+        self.written = 0
+        self.digest = hashlib.sha256()
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (length,)})
+        self._f = open(file, "wb")
+        self._write(header.getvalue())
+
+    def append(self, block: np.ndarray) -> None:
+        if block.dtype != self.dtype or block.ndim != 1:
+            raise ValueError(f"{self.file.name}: a {block.dtype} block of shape {block.shape} for a {self.dtype} file")
+        if self.written + len(block) > self.length:
+            raise ValueError(f"{self.file.name}: more than the {self.length:,} entries its header gives")
+        self._write(np.ascontiguousarray(block).data.cast("B"))
+        self.written += len(block)
+
+    def _write(self, data) -> None:
+        self._f.write(data)
+        self.digest.update(data)
+
+    def close(self) -> str:
+        """Check the length, make the file durable; return its sha256."""
+        if self.written != self.length:
+            raise ValueError(f"{self.file.name}: {self.written:,} of the {self.length:,} entries its header gives")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        return self.digest.hexdigest()
+
+    def abandon(self) -> None:
+        self._f.close()
+
+
+class ArrayDirWriter:
+    """Builds an array directory under a temporary sibling name; `finish` renames it into place.
+
+        with ArrayDirWriter(path) as writer:
+            writer.write("offsets", offsets)              # a whole array
+            tokens = writer.stream("tokens", dtype, n)    # or one in blocks
+            tokens.append(block) ...
+            meta = writer.finish({"shard": s, ...})
+
+    Leaving the block without `finish` (any error, a full disk included) removes the temporary
+    directory: no half-written directory is ever left under `path`.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        self._streams: dict[str, NpyStream] = {}
+        self._file = self.tmp  # the file being written, for the disk-full message
+
+    def __enter__(self) -> "ArrayDirWriter":
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            self.tmp.mkdir(parents=True)
+        except OSError as e:
+            if disk_full_error(e) is not None:
+                raise disk_full(self.path) from None
+            raise
+        return self
+
+    def stream(self, name: str, dtype: np.dtype, length: int) -> NpyStream:
+        self._file = self.tmp / f"{name}.npy"
+        stream = self._streams[name] = NpyStream(self._file, dtype, length)
+        return stream
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        self.stream(name, array.dtype, len(array)).append(array)
+
+    def finish(self, meta: dict) -> dict:
+        files = {}
+        for name, stream in self._streams.items():
+            self._file = stream.file
+            files[f"{name}.npy"] = stream.close()
         meta = dict(meta, files=files, sha256=combined_sha256(files))
-        file = tmp / ARRAY_META
-        with open(file, "w", encoding="utf-8") as f:
+        self._file = self.tmp / ARRAY_META
+        with open(self._file, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        fsync_dir(tmp)
-        shutil.rmtree(path, ignore_errors=True)
-        os.rename(tmp, path)
-        fsync_dir(path.parent)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if disk_full_error(e) is not None:
-            raise disk_full(path / file.relative_to(tmp)) from None
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return meta
+        fsync_dir(self.tmp)
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.rename(self.tmp, self.path)
+        fsync_dir(self.path.parent)
+        self._streams = {}
+        return meta
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            return
+        for stream in self._streams.values():
+            stream.abandon()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and disk_full_error(exc) is not None:
+            raise disk_full(self.path / self._file.relative_to(self.tmp)) from None
+
+
+class MappedArray:
+    """A .npy file mapped read-only; `release()` drops its pages from this process's resident set.
+
+    Pages read through a mapping count in the process's RSS until it is unmapped, so gathering
+    instances at random from 200 MB of chunk files would show (and, on a busy node, hold) 200 MB;
+    released after every block, they cost at most a block's pages. They stay in the page cache.
+    """
+
+    def __init__(self, file: Path):
+        with open(file, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}[version]
+            shape, _, dtype = read_header(f)
+            data_start = f.tell()
+            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.array = np.frombuffer(self._mmap, dtype=dtype, count=shape[0], offset=data_start)
+
+    def release(self) -> None:
+        self._mmap.madvise(mmap.MADV_DONTNEED)
 
 
 def combined_sha256(files: dict[str, str]) -> str:

@@ -154,15 +154,15 @@ def materialize(tokens: np.ndarray, pairs: np.ndarray, cls_id: int, sep_id: int)
     out[base] = cls_id
     out[base + 1 + a_len] = sep_id
     out[offsets[1:] - 1] = sep_id
-    _gather(out, tokens, dst=base + 1, src=pairs[:, 0], length=a_len)
-    _gather(out, tokens, dst=base + 2 + a_len, src=pairs[:, 2], length=b_len)
+    copy_rows(out, dst=base + 1, flat=tokens, src=pairs[:, 0], length=a_len)
+    copy_rows(out, dst=base + 2 + a_len, flat=tokens, src=pairs[:, 2], length=b_len)
     return out, offsets, a_len.astype(np.int32)
 
 
-def _gather(out: np.ndarray, tokens: np.ndarray, dst: np.ndarray, src: np.ndarray, length: np.ndarray) -> None:
-    """out[dst[i] : dst[i] + length[i]] = tokens[src[i] : src[i] + length[i]] for all i, without a Python loop."""
+def copy_rows(out: np.ndarray, dst: np.ndarray, flat: np.ndarray, src: np.ndarray, length: np.ndarray) -> None:
+    """out[dst[i] : dst[i] + length[i]] = flat[src[i] : src[i] + length[i]] for all i, without a Python loop."""
     total = int(length.sum())
     if total == 0:
         return
     within = np.arange(total) - np.repeat(np.cumsum(length) - length, length)
-    out[np.repeat(dst, length) + within] = tokens[np.repeat(src, length) + within]
+    out[np.repeat(dst, length) + within] = flat[np.repeat(src, length) + within]
