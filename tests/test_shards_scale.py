@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from kobert_pretrain.shards import build as build_module
@@ -70,15 +71,18 @@ def checked_vocab(debug_vocab):
     return debug_vocab
 
 
-# Phase 2 assembles a shard in blocks of SHARD_BLOCK_TOKENS tokens: at the default every demo shard is
-# one block; at 1,000 tokens (15 instances at seq 64, 7 at 128) a shard is hundreds of blocks.
-BLOCK_SIZES = [pytest.param(None, id="default-blocks"), pytest.param(1000, id="1000-token-blocks")]
+# Phase 2 assembles a shard in output blocks of SHARD_BLOCK_TOKENS tokens, each from one pass over the
+# chunk files read READ_TOKENS at a time: at the defaults every demo shard is one block and one read per
+# chunk; at 4,000 and 1,500 tokens a demo shard is 6 blocks and a wikinews shard 60, each from dozens
+# to hundreds of reads.
+BLOCK_SIZES = [pytest.param(None, id="default-blocks"), pytest.param((4000, 1500), id="small-blocks")]
 
 
 @pytest.fixture(params=BLOCK_SIZES)
 def block_tokens(request, monkeypatch):
     if request.param is not None:
-        monkeypatch.setattr(build_module, "SHARD_BLOCK_TOKENS", request.param)
+        monkeypatch.setattr(build_module, "SHARD_BLOCK_TOKENS", request.param[0])
+        monkeypatch.setattr(build_module, "READ_TOKENS", request.param[1])
     return request.param
 
 
@@ -97,3 +101,78 @@ def test_same_bytes_as_the_recorded_build_on_real_text(tmp_path, checked_vocab, 
     overrides, num_instances, sums = GOLDEN_WIKINEWS[case]
     out = build_shards(shards_config(wikinews, checked_vocab, tmp_path / "s", *overrides))
     assert _shard_sums(out) == (num_instances, sums)
+
+
+# ----------------------------------------------------------------------------- bounded memory
+
+# Runs in a fresh interpreter: phase 2 of one shard from the chunk directories under OUT/.work, its
+# peak resident memory measured around the task alone (Linux: clear_refs resets VmHWM). Prints
+# "resident-before-MB peak-MB".
+PHASE2_PROBE = """
+import sys
+from pathlib import Path
+import numpy as np
+from kobert_pretrain.config import ShardsConfig
+from kobert_pretrain.shards import build
+
+out, ranges = Path(sys.argv[1]), eval(sys.argv[2])
+build.SHARD_BLOCK_TOKENS, build.READ_TOKENS = int(sys.argv[3]), int(sys.argv[4])
+ctx = build.TaskContext(cfg=ShardsConfig(max_seq_length=128, seed=7), vocab=None, spec=None,
+                        dtype=np.dtype(np.uint16), fingerprint="probe", out=out)
+
+def status(field):
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
+    return int(line.split()[1]) / 1024
+
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status("VmRSS:")
+build.run_shard(0, ranges, ctx=ctx)
+print(before, status("VmHWM:"))
+"""
+
+
+def _synthetic_chunks(work, num_chunks, per_chunk, rng, static):
+    """Chunk directories as phase 1 writes them: instances of 64..128 random tokens (masks if static)."""
+    from kobert_pretrain.shards.format import write_array_dir
+
+    for c in range(num_chunks):
+        lengths = rng.integers(64, 129, per_chunk)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        arrays = {"tokens": rng.integers(5, 8000, int(offsets[-1]), dtype=np.uint16), "offsets": offsets,
+                  "len_a": (lengths // 2).astype(np.uint16), "nsp": rng.integers(0, 2, per_chunk, dtype=np.uint8)}
+        if static:
+            counts = np.full(per_chunk, 3)
+            arrays.update(mlm_positions=rng.integers(1, 20, 3 * per_chunk, dtype=np.uint16),
+                          mlm_labels=rng.integers(5, 8000, 3 * per_chunk, dtype=np.uint16),
+                          mlm_offsets=np.concatenate([[0], np.cumsum(counts)]))
+        write_array_dir(work / f"chunk-{c:06d}", arrays, {"chunk": c})
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_phase2_memory_is_one_block_not_one_shard(tmp_path, static):
+    """A shard of 300,000 instances (55 MB of tokens): the task's memory grows by far less than that.
+
+    Before phase 2 was blocked, it concatenated the shard and built int64 arrays with one entry per
+    token: ~11x the token bytes (about 600 MB here).
+    """
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    per_chunk = 100_000
+    _synthetic_chunks(tmp_path / ".work", 4, per_chunk, np.random.default_rng(0), static)
+    # Chunks in a permuted order, the first and the last cut at shard boundaries, as phase 1 leaves them.
+    ranges = [(2, 50_000, per_chunk), (0, 0, per_chunk), (3, 0, per_chunk), (1, 0, 50_000)]
+    result = subprocess.run([sys.executable, "-c", PHASE2_PROBE, str(tmp_path), repr(ranges), str(1 << 20), str(1 << 17)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    before, peak = map(float, result.stdout.split())
+    shard = json.loads((tmp_path / "shard-00000" / "shard.json").read_text())
+    assert shard["num_instances"] == 300_000
+    token_mb = shard["num_tokens"] * 2 / 2**20
+    # Per-instance arrays (~6 MB at their peak), one block of 2^20 tokens (2 MB, ~5 MB while joined) and
+    # one window of 2^17 tokens.
+    print(f"resident {before:.0f} MB before, peak {peak:.0f} MB, {token_mb:.0f} MB of tokens")
+    assert peak - before < token_mb / 4, (before, peak, token_mb)

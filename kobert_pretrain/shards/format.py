@@ -19,10 +19,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
-import mmap
 import os
 import re
 import shutil
@@ -85,7 +85,11 @@ class NpyStream:
         np.lib.format.write_array_header_1_0(
             header, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (length,)})
         self._f = open(file, "wb")
-        self._write(header.getvalue())
+        try:
+            self._write(header.getvalue())
+        except BaseException:
+            self.abandon()
+            raise
 
     def append(self, block: np.ndarray) -> None:
         if block.dtype != self.dtype or block.ndim != 1:
@@ -96,7 +100,11 @@ class NpyStream:
         self.written += len(block)
 
     def _write(self, data) -> None:
-        self._f.write(data)
+        try:
+            self._f.write(data)
+        except OSError as e:
+            e.filename = e.filename or str(self.file)  # which of the directory's files the disk failed
+            raise
         self.digest.update(data)
 
     def close(self) -> str:
@@ -109,7 +117,9 @@ class NpyStream:
         return self.digest.hexdigest()
 
     def abandon(self) -> None:
-        self._f.close()
+        """Close without checks (the directory is being removed): a full disk may fail the flush again."""
+        with contextlib.suppress(OSError):
+            self._f.close()
 
 
 class ArrayDirWriter:
@@ -175,29 +185,45 @@ class ArrayDirWriter:
             stream.abandon()
         shutil.rmtree(self.tmp, ignore_errors=True)
         if isinstance(exc, OSError) and disk_full_error(exc) is not None:
-            raise disk_full(self.path / self._file.relative_to(self.tmp)) from None
+            file = Path(exc.filename) if exc.filename and Path(exc.filename).parent == self.tmp else self._file
+            raise disk_full(self.path / file.relative_to(self.tmp)) from None
 
 
-class MappedArray:
-    """A .npy file mapped read-only; `release()` drops its pages from this process's resident set.
+class NpyReader:
+    """Ranges of a 1-D .npy file, read on demand (not memory-mapped).
 
-    Pages read through a mapping count in the process's RSS until it is unmapped, so gathering
-    instances at random from 200 MB of chunk files would show (and, on a busy node, hold) 200 MB;
-    released after every block, they cost at most a block's pages. They stay in the page cache.
+    Pages read through a mapping count in the process's resident memory (on kernels that map
+    whole large page-cache folios, a few random reads map all of a 10 MB chunk file), so phase 2
+    reads what it needs into its own bounded buffers instead.
     """
 
     def __init__(self, file: Path):
-        with open(file, "rb") as f:
-            version = np.lib.format.read_magic(f)
+        self.file = file
+        self._f = open(file, "rb")
+        try:
+            version = np.lib.format.read_magic(self._f)
             read_header = {(1, 0): np.lib.format.read_array_header_1_0,
                            (2, 0): np.lib.format.read_array_header_2_0}[version]
-            shape, _, dtype = read_header(f)
-            data_start = f.tell()
-            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self.array = np.frombuffer(self._mmap, dtype=dtype, count=shape[0], offset=data_start)
+            shape, _, self.dtype = read_header(self._f)
+        except BaseException:
+            self._f.close()
+            raise
+        self.length = shape[0]
+        self._data_start = self._f.tell()
 
-    def release(self) -> None:
-        self._mmap.madvise(mmap.MADV_DONTNEED)
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        """Entries [lo, hi)."""
+        lo, hi = int(lo), int(hi)
+        if not 0 <= lo <= hi <= self.length:
+            raise ValueError(f"{self.file}: entries [{lo}, {hi}) of {self.length}")
+        out = np.empty(hi - lo, dtype=self.dtype)
+        self._f.seek(self._data_start + lo * self.dtype.itemsize)
+        if self._f.readinto(out.data.cast("B")) != out.nbytes:
+            raise ValueError(f"{self.file} is truncated")
+        return out
+
+    def close(self) -> None:
+        self._f.close()
 
 
 def combined_sha256(files: dict[str, str]) -> str:
