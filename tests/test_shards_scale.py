@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from kobert_pretrain.shards import build as build_module
+from kobert_pretrain.shards import documents as documents_module
+from kobert_pretrain.shards import instances as instances_module
 from kobert_pretrain.shards import build_shards
 from kobert_pretrain.vocab import Vocab
 
@@ -74,7 +76,7 @@ def checked_vocab(debug_vocab):
 # Phase 2 assembles a shard in output blocks of SHARD_BLOCK_TOKENS tokens, each from one pass over the
 # chunk files read READ_TOKENS at a time: at the defaults every demo shard is one block and one read per
 # chunk; at 4,000 and 1,500 tokens a demo shard is 6 blocks and a wikinews shard 60, each from dozens
-# to hundreds of reads.
+# to hundreds of reads. Phase 1's batches (sentences encoded, instances joined at a time) shrink too.
 BLOCK_SIZES = [pytest.param(None, id="default-blocks"), pytest.param((4000, 1500), id="small-blocks")]
 
 
@@ -83,6 +85,8 @@ def block_tokens(request, monkeypatch):
     if request.param is not None:
         monkeypatch.setattr(build_module, "SHARD_BLOCK_TOKENS", request.param[0])
         monkeypatch.setattr(build_module, "READ_TOKENS", request.param[1])
+        monkeypatch.setattr(documents_module, "ENCODE_BATCH", 50)
+        monkeypatch.setattr(instances_module, "MATERIALIZE_BLOCK", 100)
     return request.param
 
 

@@ -63,7 +63,7 @@ from kobert_pretrain.shards.format import (
     verify_array_dir,
     write_array_dir,
 )
-from kobert_pretrain.shards.instances import copy_rows, create_pairs, materialize
+from kobert_pretrain.shards.instances import create_pairs, materialize
 from kobert_pretrain.text import resolve_inputs, warn
 from kobert_pretrain.vocab import CLS, SEP, SPECIAL_IDS, Vocab
 
@@ -223,6 +223,7 @@ def run_chunk(c: int, segments: list[tuple[str, int, int]], ctx: TaskContext | N
     counters = ChunkText()
     documents = read_documents(segments, cfg.input_format, counters)
     chunk = tokenize_documents(documents, ctx.vocab.sp, max_sentence_tokens=cfg.max_seq_length - 3)
+    del documents  # the chunk's text as Python strings: ~2.5x its bytes
     if chunk.num_documents:
         pairs = np.concatenate([
             create_pairs(chunk, cfg.max_seq_length, cfg.short_seq_prob, cfg.random_next_prob,
@@ -232,12 +233,12 @@ def run_chunk(c: int, segments: list[tuple[str, int, int]], ctx: TaskContext | N
     else:
         pairs = np.zeros((0, 5), dtype=np.int64)
     pairs = pairs[np.random.default_rng([cfg.seed, TAG_CHUNK_SHUFFLE, c]).permutation(len(pairs))]
-    tokens, offsets, len_a = materialize(chunk.tokens, pairs, SPECIAL_IDS[CLS], SPECIAL_IDS[SEP])
+    tokens, offsets, len_a = materialize(chunk.tokens, pairs, SPECIAL_IDS[CLS], SPECIAL_IDS[SEP], ctx.dtype)
     arrays = {"offsets": offsets, "len_a": len_a.astype(np.uint16), "nsp": pairs[:, 4].astype(np.uint8)}
     if ctx.spec is not None:
         tokens, mlm = static_mask(tokens, offsets, len_a, ctx.spec, cfg, np.random.default_rng([cfg.seed, TAG_STATIC_MASK, c]))
         arrays.update(mlm_positions=mlm[0], mlm_labels=mlm[1].astype(ctx.dtype), mlm_offsets=mlm[2])
-    arrays["tokens"] = tokens.astype(ctx.dtype)
+    arrays["tokens"] = tokens
     meta = {
         "chunk": c,
         "fingerprint": ctx.fingerprint,

