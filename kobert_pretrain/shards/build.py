@@ -253,7 +253,8 @@ def run_chunk(c: int, segments: list[tuple[str, int, int]], ctx: TaskContext | N
         "undecodable_lines": counters.undecodable_lines,
         "undecodable_by_file": counters.undecodable_by_file,
     }
-    return dict(write_array_dir(path, arrays, meta), skipped=False, peak_rss_mb=peak_rss_mb())
+    # Not fsynced: every reuse of a chunk directory checks its sha256 first.
+    return dict(write_array_dir(path, arrays, meta, durable=False), skipped=False, peak_rss_mb=peak_rss_mb())
 
 
 def static_mask(tokens, offsets, len_a, spec: MaskingSpec, cfg: ShardsConfig, rng: np.random.Generator):

@@ -54,20 +54,12 @@ def read_documents(segments: list[tuple[str, int, int]], input_format: str, coun
         counters.bytes += len(data)
         if start == 0 and data.startswith(b"\xef\xbb\xbf"):
             data = data[3:]
-        current: list[str] = []
-        for line in _decoded_lines(data, path, counters):
-            line = line.strip()
-            if input_format == "documents":
-                sentences = split_sentences(line)
-                if sentences:
-                    documents.append(sentences)
-            elif line:
-                current.append(line)
-            elif current:
-                documents.append(current)
-                current = []
-        if current:
-            documents.append(current)
+        lines = [line.strip() for line in _decoded_lines(data, path, counters)]
+        if input_format == "documents":
+            documents += filter(None, map(split_sentences, lines))
+        else:
+            # Runs of non-empty lines are the documents (groupby: a C loop, not a Python one per line).
+            documents += (list(run) for nonempty, run in itertools.groupby(lines, bool) if nonempty)
     return documents
 
 
