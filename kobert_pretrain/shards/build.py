@@ -11,7 +11,8 @@ processes (and Horovod ranks) can share without changing a byte of output:
 2. shards: the chunks, in an order permuted by the seed, form one sequence of N
    instances; shard s takes instances [s*N//S, (s+1)*N//S) (so counts differ by
    at most 1), shuffled with default_rng([seed, tag, s]), and is written to
-   OUT/shard-NNNNN/.
+   OUT/shard-NNNNN/ in output blocks of SHARD_BLOCK_TOKENS tokens, each gathered
+   by one sequential read of the chunk files (never the whole shard in memory).
 
 index.json is written last, then .work is removed. Every chunk and shard
 directory is renamed into place only when complete and carries sha256 sums, so
@@ -19,7 +20,9 @@ a re-run with the same arguments (however its paths are spelled) verifies and
 skips finished work and redoes the rest; a set whose index.json was deleted is
 completed the same way. A run that fails on its input (a UserError) removes what
 it created; an interruption (Ctrl-C, kill, a full disk) keeps it for the resume.
-Peak memory per worker is about one chunk or one shard, whatever the corpus size.
+Peak memory per worker is one chunk (~20x chunk_mb at dupe_factor 5) or one output
+block plus 4-20 bytes per instance of the shard, whatever the corpus and shard sizes;
+`shards` prints the measured peak at the end.
 """
 
 from __future__ import annotations
@@ -72,10 +75,10 @@ PLAN_FILE = "plan.json"
 # Tags keep the random streams of different purposes apart: default_rng([seed, TAG, ...]).
 TAG_PAIRS, TAG_CHUNK_SHUFFLE, TAG_STATIC_MASK, TAG_CHUNK_ORDER, TAG_SHARD_SHUFFLE = 1, 2, 3, 4, 5
 MASK_BLOCK = 2048  # instances masked at a time in static mode: bounds the (block, 3, seq) draws
-# Phase 2 assembles a shard in output blocks of this many tokens (32 MB of uint16 ids, ~2.3x that in
-# memory while it is joined), each filled by one read of the shard's chunk data in windows of READ_TOKENS:
-# a 256 MB shard is 8 blocks, so 8 reads of 256 MB, mostly from the page cache.
-SHARD_BLOCK_TOKENS = 1 << 24
+# Phase 2 assembles a shard in output blocks of this many tokens (16 MB of uint16 ids, ~21 MB in memory
+# as one bytes object per row), each filled by one read of the shard's chunk data in windows of
+# READ_TOKENS: a 256 MB shard is 16 blocks, so 16 reads of 256 MB, mostly from the page cache (~2 s).
+SHARD_BLOCK_TOKENS = 1 << 23
 READ_TOKENS = 1 << 18
 
 
@@ -311,13 +314,14 @@ def run_shard(s: int, ranges: list[tuple[int, int, int]], ctx: TaskContext | Non
     """Phase 2 task: gather instance ranges (chunk, lo, hi) from chunk files, shuffle, write shard s.
 
     The shard's instances, ranges concatenated, are numbered 0..n-1 and permuted with
-    default_rng([seed, TAG_SHARD_SHUFFLE, s]). Only per-instance arrays are held whole (at most 20
-    bytes an instance, 28 with static masks, against ~220 bytes of tokens at seq 128). The
-    token data (and static masks) are assembled in output blocks of about SHARD_BLOCK_TOKENS
-    tokens: for each block, one pass reads the chunk files in windows of READ_TOKENS and copies
-    the instances that belong to it, then the block is appended to the output. So memory is one
-    block plus one window whatever the shard's size, and a shard of T tokens costs
-    ceil(T / SHARD_BLOCK_TOKENS) sequential reads of its chunk data (from the page cache, as a rule).
+    default_rng([seed, TAG_SHARD_SHUFFLE, s]). Only per-instance arrays are held whole: about 20
+    bytes an instance while the offsets are written, then 4 (each input instance's output position),
+    against ~220 bytes of tokens an instance at seq 128. The token data (and static masks) are
+    assembled in output blocks of about SHARD_BLOCK_TOKENS tokens: for each block, one pass reads
+    the chunk files in windows of READ_TOKENS and copies out the rows that belong to it, which are
+    then appended to the output. So memory is one block plus one window whatever the shard's size,
+    and a shard of T tokens costs ceil(T / SHARD_BLOCK_TOKENS) sequential reads of its chunk data
+    (from the page cache, as a rule).
     """
     ctx = ctx or _CONTEXT
     reset_peak_rss()
@@ -386,7 +390,7 @@ def _write_shard(path: Path, s: int, sources: list[_ChunkSource], ctx: TaskConte
                             window = src.read(name, offsets[0], offsets[-1])
                             _take_rows(rows[name], slots, window, row_starts, row_ends)
             for name, pieces in rows.items():
-                streams[name].append(np.frombuffer(b"".join(pieces), dtype=streams[name].dtype))
+                streams[name].append_bytes(pieces)
         return writer.finish({"shard": s, "fingerprint": ctx.fingerprint, "num_instances": n,
                               "num_tokens": totals["offsets"]})
 

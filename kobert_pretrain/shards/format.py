@@ -100,6 +100,15 @@ class NpyStream:
         self._write(np.ascontiguousarray(block).data.cast("B"))
         self.written += len(block)
 
+    def append_bytes(self, pieces: list[bytes]) -> None:
+        """Append entries given as raw bytes in this file's dtype, piece by piece (no joined copy)."""
+        size = sum(map(len, pieces))
+        if size % self.dtype.itemsize or self.written + size // self.dtype.itemsize > self.length:
+            raise ValueError(f"{self.file.name}: {size:,} bytes do not fit the {self.length:,} entries its header gives")
+        for piece in pieces:
+            self._write(piece)
+        self.written += size // self.dtype.itemsize
+
     def _write(self, data) -> None:
         try:
             self._f.write(data)
