@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -180,3 +181,16 @@ def test_phase2_memory_is_one_block_not_one_shard(tmp_path, static):
     # one window of 2^17 tokens.
     print(f"resident {before:.0f} MB before, peak {peak:.0f} MB, {token_mb:.0f} MB of tokens")
     assert peak - before < token_mb / 4, (before, peak, token_mb)
+
+
+PEAK_LINE = re.compile(r"shards: peak memory per worker ([\d,]+) MB \(chunks ([\d,]+) MB, shards ([\d,]+) MB\); "
+                       r"2 worker\(s\) need about 2 x that \(README: sizing --workers\)")
+
+
+def test_the_peak_memory_per_worker_is_printed_once(tmp_path, demo_corpus, debug_vocab, capsys):
+    build_shards(shards_config(demo_corpus, debug_vocab, tmp_path / "s", "--shards.workers=2"))
+    lines = [line for line in capsys.readouterr().err.splitlines() if "peak memory" in line]
+    assert len(lines) == 1 and PEAK_LINE.fullmatch(lines[0]), lines
+    peak, chunks, shards = (int(x.replace(",", "")) for x in PEAK_LINE.fullmatch(lines[0]).groups())
+    # The spawned workers' own peaks: an interpreter with numpy and SentencePiece, and tiny tasks.
+    assert peak == max(chunks, shards) and 20 <= min(chunks, shards) and peak < 500
