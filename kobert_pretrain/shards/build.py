@@ -28,7 +28,6 @@ block plus 4-20 bytes per instance of the shard, whatever the corpus and shard s
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -217,7 +216,6 @@ def chunk_dir(work: Path, c: int) -> Path:
 def run_chunk(c: int, segments: list[tuple[str, int, int]], ctx: TaskContext | None = None) -> dict:
     """Phase 1 task: one chunk of text -> its instances in OUT/.work/chunk-c (skipped if already there)."""
     ctx = ctx or _CONTEXT
-    reset_peak_rss()
     path = chunk_dir(ctx.work, c)
     meta = verify_array_dir(path, ctx.fingerprint)
     if meta is not None:
@@ -324,7 +322,6 @@ def run_shard(s: int, ranges: list[tuple[int, int, int]], ctx: TaskContext | Non
     (from the page cache, as a rule).
     """
     ctx = ctx or _CONTEXT
-    reset_peak_rss()
     path = ctx.out / shard_name(s)
     meta = verify_array_dir(path, ctx.fingerprint)
     if meta is not None:
@@ -407,14 +404,13 @@ def _take_rows(pieces: list, slots: list[int], window: np.ndarray, starts: list[
         pieces[slot] = bytes(data[start * size:end * size])
 
 
-def reset_peak_rss() -> None:
-    """Start a new peak-memory measurement for this process (Linux: clear_refs resets the high-water mark)."""
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
 def peak_rss_mb() -> float:
-    """This process's peak resident memory in MB since reset_peak_rss() (VmHWM), else since it started."""
+    """This process's peak resident memory so far, in MB.
+
+    VmHWM, the high-water mark of this process's own memory: getrusage's ru_maxrss would also count
+    the memory of the process that spawned it. Never reset (clear_refs could), so that `time -v` and
+    other outside measurements of a run stay right.
+    """
     with contextlib.suppress(OSError, ValueError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -519,29 +515,31 @@ def _build(cfg: ShardsConfig, dist, vocab: Vocab, paths: list[Path], out: Path) 
     else:
         needed = list(range(len(chunks)))
 
-    # Phase 1: chunks -> instances (this rank's share).
-    mine = [c for c in needed if c % dist.size == dist.rank]
-    chunk_bytes = sum(end - start for c in mine for _, start, end in chunks[c])
-    chunk_results = _run_tasks(ctx, run_chunk, [(c, chunks[c]) for c in mine], cfg.workers, dist,
-                               desc="shards: chunks", total=chunk_bytes, unit="B",
-                               progress=lambda m: sum(e - s for _, s, e in chunks[m["chunk"]]))
-    dist.barrier("shards.chunks")
-    chunk_metas = {c: read_array_meta(chunk_dir(work, c)) for c in needed}
+    # One set of worker processes for both phases (spawning them costs ~0.5 s each).
+    with _Workers(ctx, cfg.workers) as workers:
+        # Phase 1: chunks -> instances (this rank's share).
+        mine = [c for c in needed if c % dist.size == dist.rank]
+        chunk_bytes = sum(end - start for c in mine for _, start, end in chunks[c])
+        chunk_results = _run_tasks(workers, run_chunk, [(c, chunks[c]) for c in mine], dist,
+                                   desc="shards: chunks", total=chunk_bytes, unit="B",
+                                   progress=lambda m: sum(e - s for _, s, e in chunks[m["chunk"]]))
+        dist.barrier("shards.chunks")
+        chunk_metas = {c: read_array_meta(chunk_dir(work, c)) for c in needed}
 
-    if existing is None:
-        chunk_counts = [chunk_metas[c]["num_instances"] for c in range(len(chunks))]
-        total_instances = sum(chunk_counts)
-        if total_instances == 0:
-            raise UserError(_no_instances_message(chunk_metas.values()))
-        total_tokens = sum(m["num_tokens"] for m in chunk_metas.values())
-        num_shards = _decide_num_shards(cfg, total_instances, total_tokens * ctx.dtype.itemsize)
-        todo_shards = [s for s in range(num_shards) if verify_array_dir(out / shard_name(s), fp) is None]
-        ranges = _shard_ranges(chunk_counts, num_shards, cfg.seed)
+        if existing is None:
+            chunk_counts = [chunk_metas[c]["num_instances"] for c in range(len(chunks))]
+            total_instances = sum(chunk_counts)
+            if total_instances == 0:
+                raise UserError(_no_instances_message(chunk_metas.values()))
+            total_tokens = sum(m["num_tokens"] for m in chunk_metas.values())
+            num_shards = _decide_num_shards(cfg, total_instances, total_tokens * ctx.dtype.itemsize)
+            todo_shards = [s for s in range(num_shards) if verify_array_dir(out / shard_name(s), fp) is None]
+            ranges = _shard_ranges(chunk_counts, num_shards, cfg.seed)
 
-    # Phase 2: chunks -> shards (this rank's share).
-    mine = [s for s in todo_shards if s % dist.size == dist.rank]
-    shard_results = _run_tasks(ctx, run_shard, [(s, ranges[s]) for s in mine], cfg.workers, dist,
-                               desc="shards: shards", total=len(mine), unit="shard", progress=lambda m: 1)
+        # Phase 2: chunks -> shards (this rank's share).
+        mine = [s for s in todo_shards if s % dist.size == dist.rank]
+        shard_results = _run_tasks(workers, run_shard, [(s, ranges[s]) for s in mine], dist,
+                                   desc="shards: shards", total=len(mine), unit="shard", progress=lambda m: 1)
     peaks = _peak_memory(dist, chunk_results, shard_results)  # a collective: also the barrier after phase 2
 
     if dist.is_root:
@@ -653,21 +651,36 @@ def _shard_ranges(chunk_counts: list[int], num_shards: int, seed: int) -> list[l
     return ranges
 
 
-def _run_tasks(ctx, fn, tasks, workers, dist, desc, total, unit, progress) -> list[dict]:
+class _Workers:
+    """`count` spawned worker processes, started when a task list first needs them, or this process."""
+
+    def __init__(self, ctx: TaskContext, count: int):
+        self.ctx, self.count = ctx, count
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "_Workers":
+        return self
+
+    def map(self, fn, tasks: list[tuple]):
+        if self.count == 1 or len(tasks) <= 1:
+            return (fn(*task, ctx=self.ctx) for task in tasks)
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.count, mp_context=get_context("spawn"),
+                                             initializer=_init_worker, initargs=(self.ctx.cfg, self.ctx.fingerprint))
+        return self._pool.map(fn, *zip(*tasks))
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+def _run_tasks(workers: _Workers, fn, tasks, dist, desc, total, unit, progress) -> list[dict]:
     bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=None if dist.is_root else True,
                file=sys.stderr)
-    results: list[dict] = []
     try:
-        if workers == 1 or len(tasks) <= 1:
-            iterator = (fn(*task, ctx=ctx) for task in tasks)
-            results = _consume(iterator, bar, progress, results)
-        else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                     initializer=_init_worker, initargs=(ctx.cfg, ctx.fingerprint)) as pool:
-                results = _consume(pool.map(fn, *zip(*tasks)), bar, progress, results)
+        return _consume(workers.map(fn, tasks), bar, progress, [])
     finally:
         bar.close()
-    return results
 
 
 def _consume(iterator, bar, progress, results):
@@ -684,7 +697,10 @@ def _consume(iterator, bar, progress, results):
 
 
 def _peak_memory(dist, chunk_results: list[dict], shard_results: list[dict]) -> tuple[float, float]:
-    """The largest peak RSS (MB) of any worker of any rank in phase 1 and in phase 2 (every rank must call)."""
+    """The largest peak RSS (MB) of any worker of any rank after phase 1 and after phase 2 (every rank must call).
+
+    A worker's peak only grows, so the second is its peak over the whole run when it ran a shard.
+    """
     mine = [max((m["peak_rss_mb"] for m in results), default=0.0) for results in (chunk_results, shard_results)]
     # Horovod: each rank fills its own row, the sum gathers all rows everywhere.
     table = np.zeros((dist.size, 2))
@@ -741,5 +757,6 @@ def _report(index: dict, out: Path, seconds: float, peaks: tuple[float, float], 
         file=sys.stderr,
     )
     chunks_mb, shards_mb = peaks
-    print(f"shards: peak memory per worker {max(peaks):,.0f} MB (chunks {chunks_mb:,.0f} MB, shards {shards_mb:,.0f} MB); "
-          f"{workers} worker(s) need about {workers} x that (README: sizing --workers)", file=sys.stderr)
+    print(f"shards: peak memory per worker {max(peaks):,.0f} MB ({chunks_mb:,.0f} MB after the chunks, "
+          f"{shards_mb:,.0f} MB after the shards); {workers} worker(s) need about {workers} x that "
+          "(README: sizing --workers)", file=sys.stderr)
