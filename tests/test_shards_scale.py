@@ -194,3 +194,37 @@ def test_the_peak_memory_per_worker_is_printed_once(tmp_path, demo_corpus, debug
     peak, chunks, shards = (int(x.replace(",", "")) for x in PEAK_LINE.fullmatch(lines[0]).groups())
     # The spawned workers' own peaks: an interpreter with numpy and SentencePiece, and tiny tasks.
     assert peak == max(chunks, shards) and min(chunks, shards) >= 20 and peak < 500
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.int64, np.uint8])
+def test_a_file_streamed_in_blocks_is_what_np_save_writes(tmp_path, dtype):
+    from kobert_pretrain.shards.format import ArrayDirWriter, NpyReader, verify_array_dir
+
+    array = np.arange(10_000, dtype=dtype)
+    with ArrayDirWriter(tmp_path / "d") as writer:
+        stream = writer.stream("a", np.dtype(dtype), len(array))
+        stream.append(array[:3])
+        stream.append_bytes([array[3:10].tobytes(), b"", array[10:].tobytes()])
+        writer.write("empty", np.zeros(0, dtype=dtype))
+        meta = writer.finish({"k": 1})
+    np.save(tmp_path / "a.npy", array)
+    np.save(tmp_path / "empty.npy", np.zeros(0, dtype=dtype))
+    assert (tmp_path / "d" / "a.npy").read_bytes() == (tmp_path / "a.npy").read_bytes()
+    assert (tmp_path / "d" / "empty.npy").read_bytes() == (tmp_path / "empty.npy").read_bytes()
+    assert verify_array_dir(tmp_path / "d") == meta and meta["k"] == 1
+    reader = NpyReader(tmp_path / "d" / "a.npy")
+    assert reader.read(9_990, 10_000).tolist() == array[9_990:].tolist() and len(reader.read(5, 5)) == 0
+    with pytest.raises(ValueError):
+        reader.read(9_999, 10_001)
+    reader.close()
+
+
+def test_a_stream_shorter_or_longer_than_its_header_leaves_nothing(tmp_path):
+    from kobert_pretrain.shards.format import ArrayDirWriter
+
+    with pytest.raises(ValueError, match="more than the 4 entries"), ArrayDirWriter(tmp_path / "d") as writer:
+        writer.stream("a", np.dtype(np.uint16), 4).append(np.zeros(5, np.uint16))
+    with pytest.raises(ValueError, match="3 of the 4 entries"), ArrayDirWriter(tmp_path / "d") as writer:
+        writer.stream("a", np.dtype(np.uint16), 4).append(np.zeros(3, np.uint16))
+        writer.finish({})
+    assert list(tmp_path.iterdir()) == []
