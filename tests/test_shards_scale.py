@@ -170,8 +170,8 @@ def test_phase2_memory_is_one_block_not_one_shard(tmp_path, static):
     _synthetic_chunks(tmp_path / ".work", 4, per_chunk, np.random.default_rng(0), static)
     # Chunks in a permuted order, the first and the last cut at shard boundaries, as phase 1 leaves them.
     ranges = [(2, 50_000, per_chunk), (0, 0, per_chunk), (3, 0, per_chunk), (1, 0, 50_000)]
-    result = subprocess.run([sys.executable, "-c", PHASE2_PROBE, str(tmp_path), repr(ranges), str(1 << 20), str(1 << 17)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", PHASE2_PROBE, str(tmp_path), repr(ranges), str(1 << 20),
+                             str(1 << 17)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     before, peak = map(float, result.stdout.split())
     shard = json.loads((tmp_path / "shard-00000" / "shard.json").read_text())

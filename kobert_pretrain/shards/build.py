@@ -382,7 +382,8 @@ def _write_shard(path: Path, s: int, sources: list[_ChunkSource], ctx: TaskConte
                     slots = (where[wanted] - lo).tolist()
                     for by in dict.fromkeys(ragged.values()):
                         offsets = src.read(by, a, b + 1)
-                        row_starts, row_ends = (offsets[wanted] - offsets[0]).tolist(), (offsets[wanted + 1] - offsets[0]).tolist()
+                        row_starts = (offsets[wanted] - offsets[0]).tolist()
+                        row_ends = (offsets[wanted + 1] - offsets[0]).tolist()
                         for name in (name for name, of in ragged.items() if of == by):
                             window = src.read(name, offsets[0], offsets[-1])
                             _take_rows(rows[name], slots, window, row_starts, row_ends)

@@ -104,7 +104,8 @@ class NpyStream:
         """Append entries given as raw bytes in this file's dtype, piece by piece (no joined copy)."""
         size = sum(map(len, pieces))
         if size % self.dtype.itemsize or self.written + size // self.dtype.itemsize > self.length:
-            raise ValueError(f"{self.file.name}: {size:,} bytes do not fit the {self.length:,} entries its header gives")
+            raise ValueError(f"{self.file.name}: {size:,} bytes do not fit the {self.length:,} entries "
+                             "its header gives")
         for piece in pieces:
             self._write(piece)
         self.written += size // self.dtype.itemsize
