@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,20 +32,3 @@ def corpus_files(corpus: str | None) -> list[Path]:
     from kobert_pretrain.demo import write_demo_corpus
 
     return [write_demo_corpus(Path("runs/bench/demo-corpus.txt"))]
-
-
-def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
-    """Run a command; return (peak RSS in MB of it and the children it waited for, seconds)."""
-    import tempfile
-    import time
-
-    with tempfile.TemporaryFile(mode="w+") as err:
-        started = time.time()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak (Linux: KiB)
-        seconds = time.time() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode:
-            err.seek(0)
-            sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err.read()}")
-    return usage.ru_maxrss / 1024, seconds

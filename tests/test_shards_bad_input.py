@@ -4,6 +4,7 @@ corrupt or truncated shard files, a deleted index.json."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -191,19 +192,19 @@ def test_all_cp949_input_says_encoding(tmp_path, debug_vocab):
 def test_full_disk_leaves_no_half_written_shard_and_resumes(tmp_path, demo_corpus, debug_vocab, debug_shards,
                                                             monkeypatch):
     out = tmp_path / "s"
-    real_save = np.save
+    real_write = format_module.NpyStream._write
     calls = []
 
-    def short_write(f, array, allow_pickle=False):
-        # numpy reports a full disk as a short write without errno: "N requested and M written".
-        if "shard-00001" in str(getattr(f, "name", "")) and Path(f.name).name == "tokens.npy":
-            f.write(b"\x93NUMPY partial")
-            calls.append(f.name)
-            raise OSError(f"{array.nbytes} requested and 14 written")
-        return real_save(f, array, allow_pickle=allow_pickle)
+    def short_write(self, data):
+        # The disk fills up after the header of shard 1's tokens: a partial write, then ENOSPC.
+        if "shard-00001" in str(self.file) and self.file.name == "tokens.npy" and self._f.tell() > 0:
+            self._f.write(bytes(data)[:14])
+            calls.append(self.file)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, data)
 
     with monkeypatch.context() as m:
-        m.setattr(format_module.np, "save", short_write)
+        m.setattr(format_module.NpyStream, "_write", short_write)
         with pytest.raises(UserError) as e:
             build_shards(shards_config(demo_corpus, debug_vocab, out))
     assert calls

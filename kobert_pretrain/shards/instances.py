@@ -44,22 +44,25 @@ class UniformStream:
         return low + int(self.random() * (high - low + 1))
 
 
-def truncation_counts(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:
-    """Tokens the reference loop removes from A and from B.
+def truncation_counts(len_a, len_b, max_tokens):
+    """Tokens the reference loop removes from A and from B (ints, or arrays of them elementwise).
 
     The loop removes one token at a time from the longer segment, from B on a
     tie. So the longer one is first cut down to the other's length, then they
     alternate starting with B.
     """
-    excess = len_a + len_b - max_tokens
-    if excess <= 0:
-        return 0, 0
-    if len_a > len_b:
-        first_a, first_b = min(excess, len_a - len_b), 0
-    else:
-        first_a, first_b = 0, min(excess, len_b - len_a)
+    len_a, len_b = np.asarray(len_a), np.asarray(len_b)
+    excess = np.maximum(len_a + len_b - max_tokens, 0)
+    first_a = np.where(len_a > len_b, np.minimum(excess, len_a - len_b), 0)
+    first_b = np.where(len_a > len_b, 0, np.minimum(excess, len_b - len_a))
     rest = excess - first_a - first_b
     return first_a + rest // 2, first_b + (rest + 1) // 2
+
+
+def _uniforms(rng: np.random.Generator, block: int = 4096):
+    """The draws of UniformStream(rng, block), as a generator: next() on it is a C call, not a Python one."""
+    while True:
+        yield from rng.random(block).tolist()
 
 
 def create_pairs(
@@ -78,22 +81,21 @@ def create_pairs(
     # Two streams from one generator: coin flips for truncation (binomial draws) apart from the
     # uniforms that make every other decision, so each stream's sequence is easy to reproduce.
     coins = np.random.default_rng(int(rng.integers(2**63)))
-    u = UniformStream(rng)
+    # UniformStream's sequence, its randint(low, high) written out as low + int(uniform() * (high - low + 1)):
+    # the loop runs once per sentence, and a Python method call per draw was a third of its time.
+    uniform = _uniforms(rng).__next__
     sent_start = chunk.sent_start.tolist()
     sent_len = chunk.sent_len.tolist()
     doc_start = chunk.doc_start.tolist()
     num_docs = len(doc_start) - 1
     out: list[tuple[int, int, int, int, int]] = []
-
-    def span(first: int, last: int) -> tuple[int, int]:
-        """Token range of sentences first..last (inclusive)."""
-        return sent_start[first], sent_start[last] + sent_len[last]
+    append = out.append
 
     for d in range(num_docs):
         first_sent, end_sent = doc_start[d], doc_start[d + 1]
         target = max_num_tokens
-        if u.random() < short_seq_prob:
-            target = u.randint(2, max_num_tokens)
+        if uniform() < short_seq_prob:
+            target = 2 + int(uniform() * (max_num_tokens - 1))
         chunk_first = first_sent  # first sentence of the current chunk
         chunk_len = 0
         i = first_sent
@@ -101,18 +103,19 @@ def create_pairs(
             chunk_len += sent_len[i]
             if i == end_sent - 1 or chunk_len >= target:
                 n = i - chunk_first + 1
-                a_end = u.randint(1, n - 1) if n >= 2 else 1
-                a_start_tok, a_end_tok = span(chunk_first, chunk_first + a_end - 1)
-                if n == 1 or u.random() < random_next_prob:
+                a_end = 1 + int(uniform() * (n - 1)) if n >= 2 else 1
+                a_last = chunk_first + a_end - 1
+                a_start_tok, a_end_tok = sent_start[chunk_first], sent_start[a_last] + sent_len[a_last]
+                if n == 1 or uniform() < random_next_prob:
                     is_random = 1
                     target_b = target - (a_end_tok - a_start_tok)
                     rd = d
                     for _ in range(10):
-                        rd = u.randint(0, num_docs - 1)
+                        rd = int(uniform() * num_docs)
                         if rd != d:
                             break
                     r_first, r_end = doc_start[rd], doc_start[rd + 1]
-                    j = u.randint(r_first, r_end - 1)
+                    j = r_first + int(uniform() * (r_end - r_first))
                     b_len = 0
                     b_first = j
                     while j < r_end:
@@ -120,49 +123,54 @@ def create_pairs(
                         if b_len >= target_b:
                             break
                         j += 1
-                    b_start_tok, b_end_tok = span(b_first, min(j, r_end - 1))
-                    i = chunk_first + a_end - 1  # put the unused sentences back
+                    b_last = min(j, r_end - 1)
+                    b_start_tok, b_end_tok = sent_start[b_first], sent_start[b_last] + sent_len[b_last]
+                    i = a_last  # put the unused sentences back
                 else:
                     is_random = 0
-                    b_start_tok, b_end_tok = span(chunk_first + a_end, i)
-                cut_a, cut_b = truncation_counts(a_end_tok - a_start_tok, b_end_tok - b_start_tok, max_num_tokens)
-                if cut_a:
-                    front = int(coins.binomial(cut_a, 0.5))
-                    a_start_tok, a_end_tok = a_start_tok + front, a_end_tok - (cut_a - front)
-                if cut_b:
-                    front = int(coins.binomial(cut_b, 0.5))
-                    b_start_tok, b_end_tok = b_start_tok + front, b_end_tok - (cut_b - front)
-                out.append((a_start_tok, a_end_tok, b_start_tok, b_end_tok, is_random))
+                    b_start_tok, b_end_tok = sent_start[chunk_first + a_end], sent_start[i] + sent_len[i]
+                append((a_start_tok, a_end_tok, b_start_tok, b_end_tok, is_random))
                 chunk_first = i + 1
                 chunk_len = 0
             i += 1
-    return np.asarray(out, dtype=np.int64).reshape(-1, 5)
+    pairs = np.asarray(out, dtype=np.int64).reshape(-1, 5)
+    # Truncation, for all pairs at once. The coin flips are drawn in the reference's order (A's, then
+    # B's, pair by pair, only where tokens are cut): one vectorised binomial call gives the same draws.
+    cut_a, cut_b = truncation_counts(pairs[:, 1] - pairs[:, 0], pairs[:, 3] - pairs[:, 2], max_num_tokens)
+    cuts = np.stack([cut_a, cut_b], axis=1).ravel()  # (2 * num_pairs,) A, B, A, B, ...
+    front = np.zeros_like(cuts)
+    front[cuts > 0] = coins.binomial(cuts[cuts > 0], 0.5)
+    front_a, front_b = front[0::2], front[1::2]
+    pairs[:, 0] += front_a
+    pairs[:, 1] -= cut_a - front_a
+    pairs[:, 2] += front_b
+    pairs[:, 3] -= cut_b - front_b
+    return pairs
 
 
-def materialize(tokens: np.ndarray, pairs: np.ndarray, cls_id: int, sep_id: int):
+MATERIALIZE_BLOCK = 8192  # instances joined at a time
+
+
+def materialize(tokens: np.ndarray, pairs: np.ndarray, cls_id: int, sep_id: int, dtype=np.int32):
     """Build [CLS] A [SEP] B [SEP] for every pair.
 
-    Returns (flat int32 tokens, int64 offsets (n + 1,), len_a int32 (n,)).
+    Returns (flat tokens of `dtype`, int64 offsets (n + 1,), len_a int32 (n,)). The rows are joined
+    as bytes, one Python step per instance, MATERIALIZE_BLOCK at a time: ~6x faster than per-token
+    index arrays at seq 128, and with ~2 MB of temporaries beyond the output (index arrays took ~40
+    bytes a token: 200 MB for a 4 MB chunk at dupe_factor 5).
     """
     a_len = pairs[:, 1] - pairs[:, 0]
     b_len = pairs[:, 3] - pairs[:, 2]
-    total = a_len + b_len + 3
     offsets = np.zeros(len(pairs) + 1, dtype=np.int64)
-    np.cumsum(total, out=offsets[1:])
-    out = np.empty(int(offsets[-1]), dtype=np.int32)
-    base = offsets[:-1]
-    out[base] = cls_id
-    out[base + 1 + a_len] = sep_id
-    out[offsets[1:] - 1] = sep_id
-    _gather(out, tokens, dst=base + 1, src=pairs[:, 0], length=a_len)
-    _gather(out, tokens, dst=base + 2 + a_len, src=pairs[:, 2], length=b_len)
+    np.cumsum(a_len + b_len + 3, out=offsets[1:])
+    dtype = np.dtype(dtype)
+    out = np.empty(int(offsets[-1]), dtype=dtype)
+    data = tokens.astype(dtype).tobytes()
+    cls, sep = np.array([cls_id], dtype).tobytes(), np.array([sep_id], dtype).tobytes()
+    for lo in range(0, len(pairs), MATERIALIZE_BLOCK):
+        hi = min(len(pairs), lo + MATERIALIZE_BLOCK)
+        pieces = []
+        for a_start, a_end, b_start, b_end in (pairs[lo:hi, :4] * dtype.itemsize).tolist():
+            pieces += (cls, data[a_start:a_end], sep, data[b_start:b_end], sep)
+        out[offsets[lo]:offsets[hi]] = np.frombuffer(b"".join(pieces), dtype=dtype)
     return out, offsets, a_len.astype(np.int32)
-
-
-def _gather(out: np.ndarray, tokens: np.ndarray, dst: np.ndarray, src: np.ndarray, length: np.ndarray) -> None:
-    """out[dst[i] : dst[i] + length[i]] = tokens[src[i] : src[i] + length[i]] for all i, without a Python loop."""
-    total = int(length.sum())
-    if total == 0:
-        return
-    within = np.arange(total) - np.repeat(np.cumsum(length) - length, length)
-    out[np.repeat(dst, length) + within] = tokens[np.repeat(src, length) + within]
