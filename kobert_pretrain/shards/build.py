@@ -703,10 +703,7 @@ def _peak_memory(dist, chunk_results: list[dict], shard_results: list[dict]) -> 
     A worker's peak only grows, so the second is its peak over the whole run when it ran a shard.
     """
     mine = [max((m["peak_rss_mb"] for m in results), default=0.0) for results in (chunk_results, shard_results)]
-    # Horovod: each rank fills its own row, the sum gathers all rows everywhere.
-    table = np.zeros((dist.size, 2))
-    table[dist.rank] = mine
-    table = dist.allreduce_sum(table.ravel(), name="shards.peak_memory").reshape(dist.size, 2)
+    table = dist.allgather(np.array(mine), name="shards.peak_memory")  # (ranks, 2)
     return float(table[:, 0].max()), float(table[:, 1].max())
 
 

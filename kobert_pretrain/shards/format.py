@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from kobert_pretrain.errors import UserError
-from kobert_pretrain.fsutil import disk_full_error, fsync_dir, sha256_file
+from kobert_pretrain.fsutil import disk_full_error, fsync_dir, sha256_file, verify_files
 
 INDEX_FILE = "index.json"
 FORMAT = "kobert-pretrain-shards/1"
@@ -263,11 +263,10 @@ def verify_array_dir(path: Path, fingerprint: str | None = None) -> dict | None:
     meta = read_array_meta(path)
     if meta is None or (fingerprint is not None and meta.get("fingerprint") != fingerprint):
         return None
-    for name, digest in meta["files"].items():
-        file = path / name
-        if not file.is_file() or sha256_file(file) != digest:
-            return None
-    return meta
+    try:
+        return meta if verify_files(path, meta["files"]) is None else None
+    except ValueError:  # a malformed entry: not a directory this toolkit wrote
+        return None
 
 
 def npy_problem(file: Path, expected_len: int | None = None) -> str | None:
