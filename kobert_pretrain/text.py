@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from kobert_pretrain.errors import UserError
 
@@ -158,3 +159,36 @@ def iter_lines(paths: list[Path], stats: ReadStats, progress=None) -> Iterator[s
 def warn(message: str) -> None:
     """One-line warning on stderr."""
     print(f"kobert-pretrain: warning: {message}", file=sys.stderr, flush=True)
+
+
+# Sentence ends for documents given one per line (`shards --input-format documents`, and `prepare`'s
+# rule splitter): . ? ! (or full-width ．？！, ideographic 。, its half-width form ｡, or …), optional
+# closing quotes or brackets (full- and half-width too), then whitespace. Korean prose ends sentences
+# with "다." and the like; "3.14" and "1.5배" have no whitespace after the dot and stay whole.
+_SENTENCE_END = re.compile(r"[.?!．？！。｡…][\"'”’)\]」』＂＇）］｣]*\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of `text` by the rule above (stripped, none empty)."""
+    sentences, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        sentences.append(text[start:match.end()].strip())
+        start = match.end()
+    sentences.append(text[start:].strip())
+    return [s for s in sentences if s]
+
+
+def record_boundary(f: BinaryIO, pos: int, size: int, by_line: bool) -> int:
+    """The first record boundary at or after byte `pos` of binary file `f` (of `size` bytes): the end of a
+    line (by_line: one record per line) or of a blank line (records separated by blank lines), or `size`."""
+    f.seek(pos - 1)
+    if f.read(1) != b"\n":
+        f.readline()  # finish the line `pos` falls in
+    if by_line:
+        return min(f.tell(), size)
+    while True:
+        line = f.readline()
+        if not line:
+            return size
+        if not line.strip():
+            return f.tell()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from kobert_pretrain.errors import UserError
+from kobert_pretrain.text import record_boundary
 
 # Magic numbers, not file names: a mis-named file is still read right.
 _MAGIC = (
@@ -192,7 +193,7 @@ def plan_tasks(paths: list[Path], fmt: str, text_documents: str, chunk_bytes: in
                 elif file_format in ("csv", "tsv"):
                     cut = _csv_record_boundary(f, pos, pos + need, size)
                 else:
-                    cut = _record_boundary(f, pos + need, size, file_format == "jsonl" or text_documents == "line")
+                    cut = record_boundary(f, pos + need, size, file_format == "jsonl" or text_documents == "line")
                 current.append(Segment(str(path), pos, cut, file_format, None))
                 current_bytes += cut - pos
                 pos = cut
@@ -200,21 +201,6 @@ def plan_tasks(paths: list[Path], fmt: str, text_documents: str, chunk_bytes: in
                     close()
     close()
     return tasks
-
-
-def _record_boundary(f: BinaryIO, pos: int, size: int, by_line: bool) -> int:
-    """The first record boundary at or after `pos`: a line end, or (blank-line documents) a blank line."""
-    f.seek(pos - 1)
-    if f.read(1) != b"\n":
-        f.readline()
-    if by_line:
-        return min(f.tell(), size)
-    while True:
-        line = f.readline()
-        if not line:
-            return size
-        if not line.strip():
-            return f.tell()
 
 
 def _csv_record_boundary(f: BinaryIO, start: int, pos: int, size: int) -> int:

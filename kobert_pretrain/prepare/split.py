@@ -17,22 +17,14 @@ from __future__ import annotations
 import re
 import warnings
 
+from kobert_pretrain.text import split_sentences
+
 _WHITESPACE = re.compile(r"\s+")
-# The rule of `shards --input-format documents` (kobert_pretrain.shards.documents), kept here because
-# stage 0 does not import stage 2: after . ? ! (full-width forms, 。 ｡ …), closing quotes or brackets,
-# then whitespace. "3.14" and "1.5배" have no whitespace after the dot and stay whole.
-_SENTENCE_END = re.compile(r"[.?!．？！。｡…][\"'”’)\]」』＂＇）］｣]*\s+")
 SAMPLE_CHARS = 300
 
 
-def rule_split(text: str) -> list[str]:
-    """Sentences of `text` by the rule above."""
-    sentences, start = [], 0
-    for match in _SENTENCE_END.finditer(text):
-        sentences.append(text[start:match.end()].strip())
-        start = match.end()
-    sentences.append(text[start:].strip())
-    return [s for s in sentences if s]
+# `shards --input-format documents`'s rule (after . ? ! and whitespace), shared through text.py
+rule_split = split_sentences
 
 
 def same_text(sentences: list[str], paragraph: str) -> bool:

@@ -66,7 +66,7 @@ from kobert_pretrain.shards.format import (
     write_array_dir,
 )
 from kobert_pretrain.shards.instances import create_pairs, materialize
-from kobert_pretrain.text import resolve_inputs, warn
+from kobert_pretrain.text import record_boundary, resolve_inputs, warn
 from kobert_pretrain.vocab import CLS, SEP, SPECIAL_IDS, Vocab
 
 WORK_DIR = ".work"
@@ -98,7 +98,7 @@ def plan_chunks(paths: list[Path], chunk_bytes: int, input_format: str) -> list[
         with open(path, "rb") as f:
             while pos < size:
                 need = chunk_bytes - current_bytes
-                cut = size if size - pos <= need else _document_boundary(f, pos + need, size, input_format)
+                cut = size if size - pos <= need else record_boundary(f, pos + need, size, by_line=input_format == "documents")
                 current.append((str(path), pos, cut))
                 current_bytes += cut - pos
                 pos = cut
@@ -108,21 +108,6 @@ def plan_chunks(paths: list[Path], chunk_bytes: int, input_format: str) -> list[
     if current:
         chunks.append(current)
     return chunks
-
-
-def _document_boundary(f, pos: int, size: int, input_format: str) -> int:
-    """The first document boundary at or after `pos` (byte offset just after it), or `size`."""
-    f.seek(pos - 1)
-    if f.read(1) != b"\n":
-        f.readline()  # finish the line `pos` falls in
-    if input_format == "documents":
-        return min(f.tell(), size)
-    while True:
-        line = f.readline()
-        if not line:
-            return size
-        if not line.strip():
-            return f.tell()
 
 
 # Covered by "inputs" (resolved files) and "vocab_sha256": how the user spelled them does not matter.

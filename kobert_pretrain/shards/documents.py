@@ -11,27 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-# A sentence ends after . ? ! (or their full-width forms ． ？ ！, the ideographic full stop 。 and
-# its half-width form ｡, or …), optional closing quotes or brackets (full- and half-width too), then
-# whitespace. Korean prose ends sentences with "다." and the like; "3.14" and "1.5배" have no
-# whitespace after the dot and stay whole.
+from kobert_pretrain.text import split_sentences
+
 ENCODE_BATCH = 4096  # sentences encoded at a time
-
-_SENTENCE_END = re.compile(r"[.?!．？！。｡…][\"'”’)\]」』＂＇）］｣]*\s+")
-
-
-def split_sentences(text: str) -> list[str]:
-    sentences, start = [], 0
-    for match in _SENTENCE_END.finditer(text):
-        sentences.append(text[start:match.end()].strip())
-        start = match.end()
-    sentences.append(text[start:].strip())
-    return [s for s in sentences if s]
 
 
 @dataclass
