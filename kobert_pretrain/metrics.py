@@ -30,12 +30,13 @@ class LossSums(NamedTuple):
     nsp_loss_sum: Any  # NSP cross-entropy summed over the sequences
     nsp_correct: Any
     sequences: Any
+    masked_chars: Any = 0.0  # characters of text the masked tokens stand for (`Vocab.char_lengths`)
 
     def __add__(self, other: "LossSums") -> "LossSums":
         return LossSums(*(a + b for a, b in zip(self, other)))
 
     def allreduce(self, dist, name: str) -> "LossSums":
-        """The sums over every rank, as float64 (one allreduce of six numbers)."""
+        """The sums over every rank, as float64 (one allreduce of seven numbers)."""
         local = np.array([float(x.asscalar()) if hasattr(x, "asscalar") else float(x) for x in self])
         return LossSums(*dist.allreduce_sum(local, name=name))
 
@@ -45,6 +46,19 @@ class LossSums(NamedTuple):
         return {"mlm_loss": self.mlm_loss_sum / masked, "mlm_acc": self.mlm_correct / masked,
                 "nsp_loss": self.nsp_loss_sum / sequences if use_nsp else 0.0,
                 "nsp_acc": self.nsp_correct / sequences if use_nsp else 0.0}
+
+
+    def bits_per_char(self) -> float | None:
+        """MLM loss in bits per character of the masked text: nats summed over the masked tokens, divided by
+        the characters those tokens stand for and by ln 2. Unlike the per-token loss, it compares models with
+        different vocabularies (None when no characters were counted)."""
+        return self.mlm_loss_sum / self.masked_chars / math.log(2) if self.masked_chars > 0 else None
+
+
+def masked_characters(char_lengths: np.ndarray, masked_ids: np.ndarray, masked_weights: np.ndarray) -> float:
+    """Characters of text a batch's masked tokens stand for: `char_lengths` (`Vocab.char_lengths`) of each
+    label, counted where its weight is 1 (host arrays, no device sync)."""
+    return float((char_lengths[masked_ids] * masked_weights).sum())
 
 
 def json_number(value):
@@ -72,6 +86,10 @@ class MetricsLogger:
         self.sums: LossSums | None = None
         self.tokens = 0.0
 
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` (an evaluation inside the window) out of the window's speed and step time."""
+        self.started += seconds
+
     def print(self, text: str) -> None:
         if self.is_root:
             print(text, file=sys.stderr, flush=True)
@@ -86,7 +104,7 @@ class MetricsLogger:
         sums = self.sums.allreduce(self.dist, name="log.sums")
         seconds = max(1e-9, time.time() - self.started)
         steps = step - self.first_step
-        record = {"kind": "train", "step": step, **sums.means(use_nsp),
+        record = {"kind": "train", "step": step, **sums.means(use_nsp), "mlm_bits_per_char": sums.bits_per_char(),
                   "tokens_per_s": self.tokens / seconds, "sequences_per_s": sums.sequences / seconds,
                   "step_s": seconds / max(1, steps), "eta_s": seconds / max(1, steps) * (max_steps - step),
                   **fields}
@@ -101,15 +119,20 @@ class MetricsLogger:
         self.reset(step)
         return record
 
-    def log_eval(self, step: int, sums: LossSums, use_nsp: bool) -> dict:
+    def log_eval(self, step: int, sums: LossSums, use_nsp: bool, tokens_seen: int, sequences_seen: int) -> dict:
         """The record of an evaluation, from the sums of every rank."""
         means = sums.means(use_nsp)
-        record = {"kind": "eval", "step": step, "eval_mlm_loss": means["mlm_loss"], "eval_mlm_acc": means["mlm_acc"]}
+        record = {"kind": "eval", "step": step, "tokens_seen": tokens_seen, "sequences_seen": sequences_seen,
+                  "eval_mlm_loss": means["mlm_loss"],
+                  "eval_mlm_acc": means["mlm_acc"], "eval_mlm_bits_per_char": sums.bits_per_char(),
+                  "eval_masked_tokens": sums.masked_tokens, "eval_masked_chars": sums.masked_chars}
         if use_nsp:
             record.update(eval_nsp_loss=means["nsp_loss"], eval_nsp_acc=means["nsp_acc"])
         if self.is_root:
             self.write(record)
-            self.print("eval " + " | ".join(f"{k[5:]} {v:.4f}" for k, v in record.items() if k.startswith("eval_")))
+            shown = ("eval_mlm_loss", "eval_mlm_acc", "eval_mlm_bits_per_char", "eval_nsp_loss", "eval_nsp_acc")
+            self.print("eval " + " | ".join(f"{k[5:]} {record[k]:.4f}" for k in shown
+                                            if record.get(k) is not None))
         return record
 
     def write(self, record: dict) -> None:

@@ -35,7 +35,7 @@ from kobert_pretrain.errors import TrainingDiverged, UserError
 from kobert_pretrain.gpu import cuda_failure
 from kobert_pretrain.grad_norm import global_norm, norm_inputs
 from kobert_pretrain.heartbeat import Heartbeat
-from kobert_pretrain.metrics import LossSums, MetricsLogger
+from kobert_pretrain.metrics import LossSums, MetricsLogger, masked_characters
 from kobert_pretrain.model import ModelShape, build_model, no_weight_decay, pretraining_loss_sums
 from kobert_pretrain.optim import LossScaler, learning_rate, update_scaling
 from kobert_pretrain.run_dir import EXIT_PREEMPTED, Preempted, PreemptionSignals, RunDir
@@ -128,6 +128,7 @@ class Trainer:
         if problems:
             raise ConfigError(problems, title="cannot start training")
         self.spec = masking_spec(first, vocab)
+        self.char_lengths = vocab.char_lengths()  # masked characters: the loss in bits per character
         self.vocab_sha = first.index["vocab_sha256"]
 
         self.ctx = self._device()
@@ -342,7 +343,8 @@ class Trainer:
             loss = loss * scale
         loss.backward()
         return LossSums(mlm_sum.detach(), mlm_correct, nd["masked_weights"].sum(), nsp_sum.detach(), nsp_correct,
-                        len(batch["valid_length"]))
+                        len(batch["valid_length"]),
+                        masked_characters(self.char_lengths, batch["masked_ids"], batch["masked_weights"]))
 
     def losses(self, nd: dict):
         """Summed MLM / NSP cross-entropy and correct counts of one batch (see `model.pretraining_loss_sums`)."""
@@ -359,23 +361,28 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """MLM and NSP loss and accuracy on the held-out shards, averaged over all ranks."""
+        started = time.time()
         with self._beating("eval"):
-            return self._evaluate()
+            record = self._evaluate()
+        self.metrics.exclude(time.time() - started)  # tokens/s of a log window is training speed
+        return record
 
     def _evaluate(self) -> dict:
         tc = self.cfg.train
         loader = PretrainingLoader(self.eval_set, LoaderConfig(tc.micro_batch_size, seed=tc.seed, bucket_window=1,
                                                                prefetch=0),
                                    rank=self.dist.rank, world_size=self.dist.size, spec=self.spec)
-        sums = LossSums(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        sums = LossSums(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         for r in range(min(tc.eval_batches, loader.rounds_per_epoch)):
             batch = loader.batch_at(0, r)
             nd = {k: self.mx.nd.array(v, ctx=self.ctx, dtype=v.dtype) for k, v in batch.items()}
             mlm_sum, mlm_correct, nsp_sum, nsp_correct = self.losses(nd)
             sums = sums + LossSums(float(mlm_sum.asscalar()), float(mlm_correct.asscalar()),
                                    float(batch["masked_weights"].sum()), float(nsp_sum.asscalar()),
-                                   float(nsp_correct.asscalar()), len(batch["nsp_labels"]))
-        return self.metrics.log_eval(self.step, sums.allreduce(self.dist, name="eval.totals"), self.shape.use_nsp)
+                                   float(nsp_correct.asscalar()), len(batch["nsp_labels"]),
+                                   masked_characters(self.char_lengths, batch["masked_ids"], batch["masked_weights"]))
+        return self.metrics.log_eval(self.step, sums.allreduce(self.dist, name="eval.totals"), self.shape.use_nsp,
+                                     self.tokens_seen, self.sequences_seen)
 
     # ------------------------------------------------------------------ checkpoints
 

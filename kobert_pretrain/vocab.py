@@ -308,6 +308,29 @@ class Vocab:
         """bool[vocab_size]: True where a piece starts a word (begins with '▁'), for whole-word masking."""
         return np.array([self.sp.id_to_piece(i).startswith(WORD_START) for i in range(self.size)], dtype=bool)
 
+    def char_lengths(self) -> np.ndarray:
+        """int32[vocab_size]: the characters of text each piece stands for, the measure of bits per character.
+
+        A piece counts its characters without the word-boundary marker '▁' (whitespace is not text
+        here); control and unused pieces count 0; a byte-fallback piece counts 1 if it starts a
+        character (an ASCII or UTF-8 lead byte) and 0 if it continues one, so the bytes of one character
+        add up to 1. [UNK] counts 1: SentencePiece merges a run of unknown characters into one [UNK],
+        so this undercounts text with unknown characters (the study reports the [UNK] rate beside it);
+        vocabularies trained on the same text with the same character_coverage know the same
+        characters, so their [UNK] runs, and counts, are the same.
+        """
+        lengths = np.zeros(self.size, dtype=np.int32)
+        for i in range(self.size):
+            if self.sp.is_control(i) or self.sp.is_unused(i):
+                continue
+            if self.sp.is_unknown(i):
+                lengths[i] = 1
+            elif self.sp.is_byte(i):
+                lengths[i] = int(not 0x80 <= int(self.sp.id_to_piece(i)[1:-1], 16) < 0xC0)
+            else:
+                lengths[i] = len(self.sp.id_to_piece(i).replace(WORD_START, ""))
+        return lengths
+
     def special_table(self) -> np.ndarray:
         """bool[vocab_size]: True for control and unknown pieces (never drawn as random replacements)."""
         return np.array(

@@ -11,7 +11,7 @@ import sentencepiece as spm
 from kobert_pretrain.config import VocabConfig
 from kobert_pretrain.errors import UserError
 from kobert_pretrain.fsutil import sha256_file
-from kobert_pretrain.vocab import SPECIAL_IDS, Vocab, build_vocab
+from kobert_pretrain.vocab import SPECIAL_IDS, WORD_START, Vocab, build_vocab
 
 # Recorded with configs/debug.toml (1,000 unigram pieces, 2 threads, seed 42) on the
 # konlpy demo corpus and sentencepiece 0.2.x. A change here means the vocabulary changed.
@@ -218,3 +218,22 @@ def test_shared_corpus_vocab_builds_at_kobert_size(tmp_path, shared_corpus):
     assert vocab.size == 8002
     ids = vocab.encode("유네스코는 교육, 과학, 문화 분야의 국제 협력을 증진한다.")
     assert 0 not in ids  # common Korean text has no unknown pieces at 8k
+
+
+def test_char_lengths_follow_the_pieces(debug_vocab):
+    vocab = Vocab.load(debug_vocab)
+    lengths = vocab.char_lengths()
+    assert lengths.shape == (vocab.size,) and lengths.dtype == np.int32
+    assert list(lengths[:5]) == [1, 0, 0, 0, 0]  # [UNK] [PAD] [CLS] [SEP] [MASK]
+    for i in range(5, vocab.size):
+        assert lengths[i] == len(vocab.sp.id_to_piece(i).replace(WORD_START, "")), vocab.sp.id_to_piece(i)
+
+
+def test_byte_pieces_add_up_to_one_character_each(tmp_path, demo_corpus):
+    vocab = Vocab.load(build_vocab(VocabConfig(input=[str(demo_corpus)], out=str(tmp_path / "v"), vocab_size=1300,
+                                               byte_fallback=True, num_threads=1)))
+    lengths = vocab.char_lengths()
+    text = "뷁똠 가"  # two syllables the constitution never uses: 2 x 3 byte pieces
+    ids = vocab.encode(text)
+    assert sum(vocab.sp.is_byte(i) for i in ids) == 6
+    assert int(lengths[ids].sum()) == len(text.replace(" ", ""))
