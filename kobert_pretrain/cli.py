@@ -137,6 +137,18 @@ def _run_demo_task(args: argparse.Namespace, cfg) -> None:
     print(write_demo_task(args.out))
 
 
+def _run_study(args: argparse.Namespace, cfg) -> int:
+    from kobert_pretrain.run_dir import EXIT_PREEMPTED, Preempted
+    from kobert_pretrain.study import study_vocab
+
+    try:
+        print(study_vocab(cfg))
+    except Preempted as e:
+        print(f"kobert-pretrain: stopped by {e}; run the same command to resume the study", file=sys.stderr)
+        return EXIT_PREEMPTED
+    return 0
+
+
 def _finetune_flags(p: argparse.ArgumentParser) -> None:
     """The [finetune] flags `finetune` and `evaluate` share."""
     _flag(p, "--task", dest="finetune.task", metavar="TASK",
@@ -303,6 +315,22 @@ def build_parser() -> argparse.ArgumentParser:
     _finetune_flags(p)
     p.set_defaults(run=_run_evaluate)
 
+    p = sub.add_parser("study", help="experiments across whole pipelines: `study vocab` compares vocabularies",
+                       allow_abbrev=False, description="kobert-pretrain study vocab --input CORPUS... --sizes ...")
+    studies = p.add_subparsers(dest="study", metavar="STUDY", required=True)
+    p = _add_stage(studies, "vocab", "the same BERT pretrained with each candidate vocabulary (size, type), "
+                   "measured in bits per character, tokenization, cost and (with --train/--dev) downstream",
+                   ("study", "vocab", "shards", "model", "train", "log", "checkpoint", "convert", "finetune"))
+    _flag(p, "--input", "-i", dest="study.input", action="append", metavar="PATH",
+          help="text file, glob or directory (one sentence per line, blank line between documents); repeatable")
+    _flag(p, "--out", "-o", dest="study.out", metavar="DIR", help="study directory (re-run to resume)")
+    _flag(p, "--sizes", dest="study.sizes", metavar="N,M,...", help="vocabulary sizes (4000,8002,16000,32000)")
+    _flag(p, "--model-type", dest="study.model_types", metavar="T,...", help="unigram (default), bpe or both")
+    _flag(p, "--steps", dest="study.steps", metavar="N", help="training steps per candidate (train.max_steps)")
+    _finetune_flags(p)
+    # the study fills in every stage's paths itself: only its own section is checked before it starts
+    p.set_defaults(run=_run_study, validate_sections=("study",), subcommand="study vocab")
+
     p = sub.add_parser("demo-task", help="write a small labelled task from the demo corpus (constitution chapters)")
     p.add_argument("--out", "-o", required=True, metavar="DIR")
     p.set_defaults(run=_run_demo_task, sections=())
@@ -345,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", required=True, metavar="FILE")
     p.set_defaults(run=_run_demo_corpus, sections=())
     for name, p in sub.choices.items():
-        p.set_defaults(subcommand=name)
+        if name != "study":
+            p.set_defaults(subcommand=name)
     return parser
 
 
@@ -378,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         flags["evaluate.run_dir"] = args.run_dir
     try:
         # a dry run validates on its own: it needs no run directory
-        checked = () if args.__dict__.get("dry_run") else sections
+        checked = () if args.__dict__.get("dry_run") else args.__dict__.get("validate_sections", sections)
         cfg = load_config(args.__dict__.get("config"), overrides, validate=checked, flags=flags) if sections else None
         code = run(args, cfg)
     except UserError as e:

@@ -545,6 +545,49 @@ class EvaluateConfig:
         return problems
 
 
+@dataclass
+class StudyConfig:
+    """`kobert-pretrain study vocab`: the same model pretrained with each candidate vocabulary, measured alike.
+
+    Every other section is the recipe each candidate follows ([vocab] but its size and type, [shards],
+    [model], [train], [log], [checkpoint], [convert], and [finetune] when a task is given).
+    """
+
+    input: list[str] = opt([], "text files, globs or directories in the BERT input convention (one sentence per "
+                               "line, a blank line between documents)")
+    out: str = opt("", "study directory; re-running resumes it and re-uses finished candidates")
+    sizes: list[int] = opt([4000, 8002, 16000, 32000], "vocabulary sizes to compare, specials included")
+    model_types: list[str] = opt(["unigram"], "SentencePiece algorithms to compare: unigram and/or bpe")
+    steps: int = opt(0, "optimizer steps per candidate; 0 = train.max_steps", min=0)
+    evaluations: int = opt(10, "held-out evaluations per candidate, evenly spaced (the learning curve)", min=1)
+    heldout_every: int = opt(50, "every N-th document is held out (never trained on): the measured text", min=2)
+    heldout_max_mb: float = opt(4.0, "at most this much held-out text (MB of UTF-8); later documents train",
+                                min=0, open_min=True)
+    stats_max_mb: float = opt(4.0, "held-out text read for the tokenization statistics (MB)", min=0,
+                              open_min=True)
+    latency_batch: int = opt(32, "held-out sentences per ONNX inference batch", min=1)
+    latency_repeats: int = opt(20, "timed ONNX runs per candidate (after 3 warm-up runs); the median is shown",
+                               min=1)
+    latency_threads: int = opt(1, "onnxruntime intra-op threads for the latency measurement", min=1)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.input:
+            problems.append("study.input: give at least one --input file, glob or directory")
+        if not self.out:
+            problems.append("study.out: give a study directory with --out")
+        if not self.sizes:
+            problems.append("study.sizes: give at least one size, e.g. --sizes 4000,8002")
+        elif len(set(self.sizes)) != len(self.sizes) or min(self.sizes) <= 5:
+            problems.append(f"study.sizes={','.join(map(str, self.sizes))}: must be distinct and > 5 "
+                            "(5 ids are special tokens)")
+        bad = [t for t in self.model_types if t not in SPM_MODEL_TYPES]
+        if not self.model_types or bad or len(set(self.model_types)) != len(self.model_types):
+            problems.append(f"study.model_types={','.join(self.model_types)}: give distinct values of "
+                            f"{', '.join(SPM_MODEL_TYPES)}")
+        return problems + bounds_problems("study", self)
+
+
 # Sections of a config file, in pipeline order.
 SECTIONS: dict[str, type] = {
     "prepare": PrepareConfig,
@@ -557,6 +600,7 @@ SECTIONS: dict[str, type] = {
     "convert": ConvertConfig,
     "finetune": FinetuneConfig,
     "evaluate": EvaluateConfig,
+    "study": StudyConfig,
 }
 
 
@@ -574,6 +618,7 @@ class Config:
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
     def section(self, name: str) -> Any:
         return getattr(self, name)

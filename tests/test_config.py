@@ -25,7 +25,8 @@ def test_every_config_file_loads_and_validates(path):
     # Paths are per run, not per config file: with them given, every section is valid.
     paths = ["--vocab.input=corpus.txt", "--vocab.out=out", "--shards.input=corpus.txt", "--shards.vocab=v",
              "--shards.out=s", "--train.shards=s", "--train.out=run", "--convert.source=run",
-             "--convert.out=release", "--prepare.input=raw", "--prepare.out=corpus"]
+             "--convert.out=release", "--prepare.input=raw", "--prepare.out=corpus", "--study.input=corpus.txt",
+             "--study.out=study"]
     if cfg.train.phase2_start_step:
         paths.append("--train.phase2_shards=s512")
     cfg = load_config(path, paths, validate=tuple(SECTIONS))

@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "kobert_pretrain"
 
 # The stage of each module (a package's modules take the package's stage), in pipeline order. 0: what
 # every stage uses; 1 prepare (the pipeline's stage 0), 2 vocab, 3 shards, 4 train (with its loader,
-# model, checkpoints and supervisor), 5 convert, 6 finetune; 9: the entry points and tools that use all of them.
+# model, checkpoints and supervisor), 5 convert, 6 finetune, 7 study (whole pipelines compared); 9: the entry
+# points and tools that use all of them.
 STAGES = {
     "errors": 0, "fsutil": 0, "text": 0, "config": 0, "distributed": 0, "demo": 0,  # demo: the bundled corpus
     "prepare": 1,
@@ -22,6 +23,7 @@ STAGES = {
     "train": 4, "launch": 4, "gpu": 4, "heartbeat": 4, "plan": 4, "dry_run": 4, "grad_norm": 4,
     "convert": 5,
     "finetune": 6,
+    "study": 7,
     "__init__": 9, "__main__": 9, "cli": 9, "doctor": 9,
 }
 
