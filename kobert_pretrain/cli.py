@@ -15,7 +15,7 @@ import sys
 from typing import Callable
 
 from kobert_pretrain import __version__
-from kobert_pretrain.config import SECTIONS, field_help, load_config
+from kobert_pretrain.config import FINETUNE_TASKS, SECTIONS, field_help, load_config
 from kobert_pretrain.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -151,9 +151,9 @@ def _run_study(args: argparse.Namespace, cfg) -> int:
 
 def _finetune_flags(p: argparse.ArgumentParser) -> None:
     """The [finetune] flags `finetune` and `evaluate` share."""
-    _flag(p, "--task", dest="finetune.task", metavar="TASK",
-          choices=["auto", "sentence-classification", "pair-classification", "pair-regression"],
-          help="auto (default: from the header), sentence-classification, pair-classification, pair-regression")
+    _flag(p, "--task", dest="finetune.task", metavar="TASK", choices=FINETUNE_TASKS,
+          help="auto (default: from the header), sentence-classification, pair-classification, pair-regression; "
+               "or nsmc, kornli, korsts (the same three)")
     _flag(p, "--train", dest="finetune.train", metavar="FILE", help="training file (tab-separated, header row)")
     _flag(p, "--dev", dest="finetune.dev", metavar="FILE", help="development file: chooses the epoch")
     _flag(p, "--test", dest="finetune.test", metavar="FILE", help="test file: scored once, at the chosen epoch")

@@ -451,7 +451,11 @@ class ConvertConfig:
         return problems + bounds_problems("convert", self)
 
 
-FINETUNE_TASKS = ("auto", "sentence-classification", "pair-classification", "pair-regression")
+# The benchmarks Korean BERTs are judged by, as names for their task kinds (`--task nsmc`).
+FINETUNE_TASK_ALIASES = {"nsmc": "sentence-classification", "kornli": "pair-classification",
+                         "korsts": "pair-regression"}
+FINETUNE_TASKS = ("auto", "sentence-classification", "pair-classification", "pair-regression",
+                  *FINETUNE_TASK_ALIASES)
 FINETUNE_DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -465,7 +469,7 @@ class FinetuneConfig:
     release: str = opt("", "release directory written by `kobert-pretrain convert`")
     out: str = opt("", "output directory for results.json and results.md; must be new or empty")
     task: str = opt("auto", "auto (from the header), sentence-classification, pair-classification or "
-                            "pair-regression")
+                            "pair-regression; nsmc, kornli, korsts name the same three")
     train: str = opt("", "training file: tab-separated, header row (NSMC, KorNLI or KorSTS format)")
     dev: str = opt("", "development file, same columns: picks the best epoch")
     test: str = opt("", "test file, same columns; scored once, at the epoch chosen on dev; empty = none")

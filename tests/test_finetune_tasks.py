@@ -159,3 +159,16 @@ def test_cli_bad_task_file_is_one_line_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
     result = run_cli("finetune", release, "--dev", dev, "--finetune.lr=0", "--finetune.seeds=1,1")
     assert_one_line_error(result, "finetune.lr=0.0: must be > 0", "finetune.seeds=1,1: must be distinct")
+
+
+@pytest.mark.parametrize("alias,text,task", [("nsmc", NSMC, SENTENCE_CLASSIFICATION),
+                                             ("kornli", KORNLI, PAIR_CLASSIFICATION),
+                                             ("korsts", KORSTS, PAIR_REGRESSION)])
+def test_benchmark_names_are_task_aliases(tmp_path, alias, text, task):
+    from kobert_pretrain.config import FinetuneConfig
+    from kobert_pretrain.finetune.run import prepare_task
+
+    path = write(tmp_path, "t.tsv", text)
+    spec, train, *_ = prepare_task(FinetuneConfig(task=alias, train=str(path), dev=str(path)))
+    assert FinetuneConfig(task=alias).validate() == []
+    assert spec == task_spec(task) and len(train) == len(text.splitlines()) - 1

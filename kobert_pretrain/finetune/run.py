@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from kobert_pretrain.config import FinetuneConfig, to_dict
+from kobert_pretrain.config import FINETUNE_TASK_ALIASES, FinetuneConfig, to_dict
 from kobert_pretrain.errors import ConfigError, UserError
 from kobert_pretrain.finetune.metrics import metric_names, summarize
 from kobert_pretrain.finetune.report import results_table, summary_line
@@ -62,7 +62,7 @@ def release_identity(release: str | Path) -> dict:
 
 def prepare_task(cfg: FinetuneConfig):
     """(task spec, train, dev, test, class labels): the files read and checked, the task detected if `auto`."""
-    task = cfg.task
+    task = FINETUNE_TASK_ALIASES.get(cfg.task, cfg.task)
     if task == "auto":
         task = detect_task(cfg.train, cfg.text_column, cfg.text_pair_column, cfg.label_column)
     spec = task_spec(task, cfg.text_column, cfg.text_pair_column, cfg.label_column)
