@@ -45,6 +45,17 @@ class Dist:
         out = self.hvd.allreduce(mx.nd.array(values, dtype="float64"), average=False, name=name)
         return out.asnumpy()
 
+    def allreduce_sum_start(self, values: np.ndarray, name: str):
+        """Start summing a small float64 array over all ranks and return at once: an MXNet NDArray that
+        later MXNet operations use as soon as the sum is there (the engine orders them; Python does not
+        wait) and `.asnumpy()` reads, waiting only if it is still travelling. One collective."""
+        import mxnet as mx
+
+        array = mx.nd.array(np.asarray(values, dtype=np.float64), dtype="float64")
+        if not self.enabled:
+            return array
+        return self.hvd.allreduce(array, average=False, name=name)
+
     def allgather(self, values: np.ndarray, name: str) -> np.ndarray:
         """Every rank's small float64 vector, as rows (rank, ...): an allreduce of a table in which each
         rank fills only its own row, so the sums are exact copies."""

@@ -287,13 +287,15 @@ class Trainer:
         loader = self._loader(phase)
         batches = [next(loader) for _ in range(phase.accumulation(self.dist.size))]
         # One small collective per step: the counts the loss is normalised by, and the stop/save flags
-        # (folded in, instead of a second blocking allreduce after the update). A signal is acted on at
-        # the end of the step after the one during which it arrived.
+        # (folded in, instead of a second allreduce after the update). It is not waited for: the global
+        # masked count divides the loss on the device (bit for bit what dividing by the number does), so
+        # the forward passes run while the sum travels, and the host reads it after the update. A signal
+        # is acted on at the end of the step after the one during which it arrived.
         local = np.array([sum(float(b["masked_weights"].sum()) for b in batches),
                           sum(float(b["valid_length"].sum()) for b in batches),
                           float(self.signals.received is not None), float(self._save_time_due())])
-        masked_total, tokens_total, preempt, by_time = self.dist.allreduce_sum(local, name="step.counts")
-        self._agreed_flags = (preempt > 0, by_time > 0)
+        counts = self.dist.allreduce_sum_start(local, name="step.counts")
+        masked_total = counts[0:1].astype("float32").as_in_context(self.ctx)  # the float32 divisor, as before
         sequences_total = phase.global_batch_size
         mx.random.seed(step_seed(tc.seed, self.step, self.dist.rank))
         scale = self.scaler.scale
@@ -313,6 +315,8 @@ class Trainer:
             self._skipped(scale)
         # one multi-array reset per dtype instead of one operator per parameter
         self.mx.nd.reset_arrays(*self._grads, num_arrays=len(self._grads))
+        _, tokens_total, preempt, by_time = counts.asnumpy()  # long arrived: the update needed the norm
+        self._agreed_flags = (preempt > 0, by_time > 0)
         self.tokens_seen += int(tokens_total)
         self.sequences_seen += sequences_total
         return {"sums": sums, "lr": lr, "grad_norm": scaling.true_norm, "tokens": tokens_total,

@@ -13,7 +13,6 @@ import json
 import math
 import shutil
 import unicodedata
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -29,7 +29,7 @@ from kobert_pretrain.train import train
 from kobert_pretrain.vocab import Vocab, build_vocab
 
 CANDIDATE_FILE = "candidate.json"
-NO_EVALUATION_BATCH_LIMIT = 1 << 30  # every held-out batch, at every evaluation
+ALL_EVAL_BATCHES = 1 << 30  # every held-out batch, at every evaluation
 
 
 def candidate_name(model_type: str, size: int) -> str:
@@ -53,7 +53,7 @@ def stage_configs(cfg: Config, split: Split, where: Path, model_type: str, size:
     c.train.vocab, c.train.out = c.vocab.out, str(where / "run")
     c.train.max_steps, c.train.phase2_start_step, c.train.phase2_shards = steps, 0, ""
     c.train.eval_interval = eval_interval(steps, c.study.evaluations)
-    c.train.eval_batches = NO_EVALUATION_BATCH_LIMIT
+    c.train.eval_batches = ALL_EVAL_BATCHES
     c.convert.source, c.convert.out, c.convert.vocab, c.convert.onnx = c.train.out, str(where / "release"), "", True
     c.finetune.release, c.finetune.out = c.convert.out, str(where / "finetune")
     return c
