@@ -16,7 +16,6 @@ from kobert_pretrain.errors import UserError
 from kobert_pretrain.model import ModelShape
 from kobert_pretrain.plan import memory_estimate
 from kobert_pretrain.run_dir import RunDir
-from kobert_pretrain.shards.provenance import shard_vocab
 
 
 def dry_run(cfg: Config, world_size: int) -> str:
@@ -41,7 +40,7 @@ def dry_run(cfg: Config, world_size: int) -> str:
     if eval_set is not None and shape.max_length and eval_set.max_seq_length > shape.max_length:
         problems.append(f"eval shards have max_seq_length {eval_set.max_seq_length} > model.max_length")
     try:
-        shard_vocab(first, tc.vocab)
+        first.load_vocab(tc.vocab)
     except UserError as e:
         problems.append(f"{e} (set --train.vocab)")
     if problems:

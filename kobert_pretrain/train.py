@@ -39,7 +39,6 @@ from kobert_pretrain.metrics import LossSums, MetricsLogger
 from kobert_pretrain.model import ModelShape, build_model, no_weight_decay, pretraining_loss_sums
 from kobert_pretrain.optim import LossScaler, learning_rate, update_scaling
 from kobert_pretrain.run_dir import EXIT_PREEMPTED, Preempted, PreemptionSignals, RunDir
-from kobert_pretrain.shards.provenance import masking_spec, shard_vocab
 from kobert_pretrain.train_state import (TrainingState, load_model_and_optimizer, parameters_for_saving,
                                          resume_problems, write_model_and_optimizer)
 
@@ -117,7 +116,7 @@ class Trainer:
             problems.append(f"eval shards have max_seq_length {self.eval_set.max_seq_length} > model.max_length")
         vocab = None
         try:
-            vocab = shard_vocab(first, tc.vocab)
+            vocab = first.load_vocab(tc.vocab)
         except UserError as e:
             problems.append(f"{e} (set --train.vocab)")
         if tc.dtype == "float16" and self._device_kind() != "gpu":
@@ -127,7 +126,7 @@ class Trainer:
                             "check CUDA_VISIBLE_DEVICES and `kobert-pretrain doctor`)")
         if problems:
             raise ConfigError(problems, title="cannot start training")
-        self.spec = masking_spec(first, vocab)
+        self.spec = first.masking_spec(vocab)
         self.vocab_sha = first.index["vocab_sha256"]
 
         self.ctx = self._device()
