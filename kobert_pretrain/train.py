@@ -12,9 +12,9 @@ applied by LAMB or BERTAdam with a warm-up/decay schedule. Dropout is seeded
 from (seed, step, rank) before every step, so a resumed run repeats an
 uninterrupted one bit for bit on CPU.
 
-The pieces: the run directory (`run_dir.py`), log lines and metrics.jsonl
-(`metrics.py`), what a checkpoint holds (`train_state.py`) and how it is
-written (`checkpoint.py`).
+The pieces: the checks before the first step (`preflight.py`), the run directory
+(`run_dir.py`), log lines and metrics.jsonl (`metrics.py`), what a checkpoint
+holds (`train_state.py`) and how it is written (`checkpoint.py`).
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ import numpy as np
 from kobert_pretrain import distributed
 from kobert_pretrain.checkpoint import CheckpointManager
 from kobert_pretrain.config import Config, ConfigError, config_hash, to_dict
-from kobert_pretrain.data import LoaderConfig, Phase, PretrainingLoader, phase_for, plan_phases
+from kobert_pretrain.data import LoaderConfig, Phase, PretrainingLoader, phase_for
 from kobert_pretrain.errors import TrainingDiverged, UserError
-from kobert_pretrain.gpu import cuda_failure
+from kobert_pretrain.gpu import device_kind, rank_device, start_up_failure
 from kobert_pretrain.grad_norm import global_norm, norm_inputs
 from kobert_pretrain.heartbeat import Heartbeat
 from kobert_pretrain.metrics import LossSums, MetricsLogger
-from kobert_pretrain.model import ModelShape, build_model, no_weight_decay, pretraining_loss_sums
+from kobert_pretrain.model import build_model, no_weight_decay, pretraining_loss_sums
+from kobert_pretrain.preflight import check_setup, config_problems
 from kobert_pretrain.optim import LossScaler, learning_rate, update_scaling
 from kobert_pretrain.run_dir import EXIT_PREEMPTED, Preempted, PreemptionSignals, RunDir
 from kobert_pretrain.train_state import (TrainingState, load_model_and_optimizer, parameters_for_saving,
@@ -81,7 +82,7 @@ class Trainer:
         self.mx = mx
         self.cfg = cfg
         tc = cfg.train
-        problems = [p for name in ("model", "train", "log", "checkpoint") for p in cfg.section(name).validate()]
+        problems = config_problems(cfg)
         if not tc.shards or not tc.out:
             raise ConfigError(problems)
         # Absolute paths in the run's config.json: later stages (convert, a resume) may run elsewhere.
@@ -95,41 +96,20 @@ class Trainer:
             self._exit.callback(self.heartbeat.close)
         self.run_dir = RunDir(tc.out)
         self._exit.callback(self.run_dir.unlock)
-        run_dir_problem = self.run_dir.problem()
-        if run_dir_problem:
-            problems.append(run_dir_problem)
         self.is_root = self.dist.is_root
-        world = self.dist.size
 
-        # Data: shard sets must agree with each other, with the vocabulary and with the model.
-        # Every problem is collected and reported at once, before any step runs.
-        self.phases, self.eval_set = plan_phases(tc, world, problems)
+        # The run directory, the shard sets, the vocabulary, the model and the device: every problem is
+        # collected and reported at once, before any step runs. (A CPU run never asks CUDA.)
+        num_gpus = mx.context.num_gpus() if tc.device != "cpu" else 0
+        setup = check_setup(cfg, self.dist.size, problems, self.run_dir, num_gpus)
+        self.phases, self.eval_set, self.shape = setup.phases, setup.eval_set, setup.shape
         self._exit.callback(self._close_loaders)
-        first = self.phases[0].shard_set
-        shape_fields = cfg.model.resolved()
-        self.shape = ModelShape(**shape_fields, vocab_size=first.index["vocab_size"], dropout=cfg.model.dropout,
-                                use_nsp=cfg.model.use_nsp)
-        for phase in self.phases:
-            problems += phase.problems(self.shape.max_length, world)
-        if self.eval_set is not None and self.shape.max_length \
-                and self.eval_set.max_seq_length > self.shape.max_length:
-            problems.append(f"eval shards have max_seq_length {self.eval_set.max_seq_length} > model.max_length")
-        vocab = None
-        try:
-            vocab = first.load_vocab(tc.vocab)
-        except UserError as e:
-            problems.append(f"{e} (set --train.vocab)")
-        if tc.dtype == "float16" and self._device_kind() != "gpu":
-            problems.append("train.dtype=float16 needs a GPU (on CPU use float32)")
-        if tc.device == "gpu" and mx.context.num_gpus() == 0:
-            problems.append("train.device=gpu but MXNet sees no GPU (CPU build of mxnet, or no visible device: "
-                            "check CUDA_VISIBLE_DEVICES and `kobert-pretrain doctor`)")
         if problems:
             raise ConfigError(problems, title="cannot start training")
-        self.spec = first.masking_spec(vocab)
-        self.vocab_sha = first.index["vocab_sha256"]
+        self.spec = setup.spec
+        self.vocab_sha = setup.first.index["vocab_sha256"]
 
-        self.ctx = self._device()
+        self.ctx = rank_device(device_kind(tc.device, num_gpus), self.dist.local_rank, self.dist.local_size)
         self.run_dir.lock_for_job(self.dist)
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=cfg.checkpoint.keep_last,
                                              keep_every=cfg.checkpoint.keep_every, is_writer=self.is_root)
@@ -150,33 +130,11 @@ class Trainer:
             self._build_model()
             self.resumed_from = self._resume(resume)
         except mx.base.MXNetError as e:
-            raise self._start_up_failure(e) or e from None
+            raise start_up_failure(e, self.ctx, self.dist.rank) or e from None
         if self.is_root:
             self.run_dir.write_config(to_dict(self.cfg))
 
     # ------------------------------------------------------------------ set-up
-
-    def _device(self):
-        """This rank's device. Local rank k takes GPU k (or the one GPU a scheduler gave the process); on CPU
-        it takes `cpu(k)`, which computes like `cpu(0)` but carries device id k as `gpu(k)` does: MXNet keys
-        per-device state by it (the optimizer's update counts), so CPU runs exercise what GPU runs rely on."""
-        from kobert_pretrain.gpu import device_for_rank, visible_devices
-
-        mx, dist = self.mx, self.dist
-        if self._device_kind() != "gpu":
-            return mx.cpu(dist.local_rank)
-        return mx.gpu(device_for_rank(dist.local_rank, dist.local_size, mx.context.num_gpus(), visible_devices()))
-
-    def _start_up_failure(self, error: Exception) -> UserError | None:
-        """A CUDA failure while setting up (no kernels for this GPU, out of memory, a busy device) as a
-        one-line user error: a restart by `launch` cannot fix it. None for anything else."""
-        cause = cuda_failure(str(error), str(self.ctx)) if self.ctx.device_type == "gpu" else None
-        return UserError(f"cannot train on {self.ctx} of rank {self.dist.rank}: {cause}") if cause else None
-
-    def _device_kind(self) -> str:
-        if self.cfg.train.device != "auto":
-            return self.cfg.train.device
-        return "gpu" if self.mx.context.num_gpus() > 0 else "cpu"
 
     def _build_model(self) -> None:
         mx, tc = self.mx, self.cfg.train
@@ -262,7 +220,7 @@ class Trainer:
             try:
                 metrics = self.train_step()
             except self.mx.base.MXNetError as e:  # out of memory at the first step is a set-up failure
-                raise (self._start_up_failure(e) if self.step == first else None) or e from None
+                raise (start_up_failure(e, self.ctx, self.dist.rank) if self.step == first else None) or e from None
             self.step += 1
             self._beat("train")
             self._log_step(metrics)
