@@ -36,15 +36,14 @@ from kobert_pretrain.gpu import device_kind, rank_device, start_up_failure
 from kobert_pretrain.grad_norm import global_norm, norm_inputs
 from kobert_pretrain.heartbeat import Heartbeat
 from kobert_pretrain.metrics import LossSums, MetricsLogger
-from kobert_pretrain.model import build_model, no_weight_decay, pretraining_loss_sums
+from kobert_pretrain.model import model_for_training, pretraining_loss_sums
+from kobert_pretrain.optim import LossScaler, learning_rate, optimizer_params, update_scaling
 from kobert_pretrain.preflight import check_setup, config_problems
-from kobert_pretrain.optim import LossScaler, learning_rate, update_scaling
 from kobert_pretrain.run_dir import EXIT_PREEMPTED, Preempted, PreemptionSignals, RunDir
-from kobert_pretrain.train_state import (TrainingState, load_model_and_optimizer, parameters_for_saving,
-                                         resume_problems, write_model_and_optimizer)
+from kobert_pretrain.train_state import (TrainingState, check_replicas, load_model_and_optimizer,
+                                         parameters_for_saving, resume_problems, write_model_and_optimizer)
 
 __all__ = ["EXIT_PREEMPTED", "Preempted", "Trainer", "train", "step_seed"]
-
 
 
 def train(cfg: Config, resume: str = "auto") -> Path:
@@ -119,10 +118,7 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.sequences_seen = 0
-        if tc.dtype == "float16":
-            self.scaler = LossScaler(tc.loss_scale, tc.loss_scale_window)
-        else:  # float32 needs no scaling; non-finite gradients still skip the step
-            self.scaler = LossScaler(1.0, tc.loss_scale_window, dynamic=False)
+        self.scaler = LossScaler.for_dtype(tc.dtype, tc.loss_scale, tc.loss_scale_window)
         self._last_saved_step = -1
         self._last_save_time = time.time()
         self._agreed_flags = (False, False)  # (pre-empt, save by time), agreed with the step's counts
@@ -137,32 +133,17 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
 
     def _build_model(self) -> None:
-        mx, tc = self.mx, self.cfg.train
-        mx.random.seed(tc.seed)
-        self.net = build_model(self.shape)
-        self.net.initialize(init=mx.init.Normal(0.02), ctx=self.ctx)
-        # One forward pass finishes deferred shape inference before parameters are shared.
-        ones = mx.nd.ones((1, 8), ctx=self.ctx)
-        self.net(ones, ones * 0, mx.nd.array([8], ctx=self.ctx), mx.nd.zeros((1, 1), ctx=self.ctx))
-        if tc.dtype == "float16":
-            self.net.cast("float16")
-        self.net.hybridize(static_alloc=True)
+        tc = self.cfg.train
+        self.mx.random.seed(tc.seed)
+        self.net = model_for_training(self.shape, self.ctx, tc.dtype)
         params = self.net.collect_params()
-        for name, p in params.items():
-            p.grad_req = "add"  # gradients accumulate over micro-batches; zeroed after each step
-            if no_weight_decay(name):
-                p.wd_mult = 0.0
         # the gradient buffers, fixed for the trainer's life
         self._grads = [p.grad(self.ctx) for p in params.values() if p.grad_req != "null"]
         self._norm_inputs = norm_inputs(self._grads, self.ctx.device_type)
-        optimizer_params = {"learning_rate": tc.lr, "beta1": tc.beta1, "beta2": tc.beta2, "epsilon": tc.epsilon,
-                            "wd": tc.weight_decay}
-        if tc.dtype == "float16":
-            optimizer_params["multi_precision"] = True
         if tc.optimizer == "bertadam":
             import gluonnlp  # noqa: F401  (registers 'bertadam')
         self.gluon_trainer, self.grads_averaged = distributed.gluon_trainer(
-            self.dist, params, tc.optimizer, optimizer_params, tc.fp16_allreduce, tc.allreduce_groups)
+            self.dist, params, tc.optimizer, optimizer_params(tc), tc.fp16_allreduce, tc.allreduce_groups)
 
     def _resume(self, resume: str):
         """Restore the checkpoint `--resume` names (None: a fresh start), the resumed phase's data cursor
@@ -192,19 +173,12 @@ class Trainer:
 
     def _loader(self, phase: Phase) -> PretrainingLoader:
         if phase.loader is None:
-            self._close_loaders()
-            tc = self.cfg.train
-            phase.loader = PretrainingLoader(
-                phase.shard_set, LoaderConfig(phase.micro_batch_size, seed=tc.seed + 1000 * phase.number,
-                                              bucket_window=tc.bucket_window, prefetch=tc.prefetch),
-                rank=self.dist.rank, world_size=self.dist.size, spec=self.spec)
-        return phase.loader
+            self._close_loaders()  # one phase's loader at a time
+        return phase.open_loader(self.cfg.train, self.dist.rank, self.dist.size, self.spec)
 
     def _close_loaders(self) -> None:
         for phase in self.phases:
-            if phase.loader is not None:
-                phase.loader.close()
-                phase.loader = None
+            phase.close_loader()
 
     # ------------------------------------------------------------------ the loop
 
@@ -365,7 +339,7 @@ class Trainer:
         with self._beating("save"):
             # CPU copies on every rank: rank 0 writes them, and every rank's fingerprint is compared.
             parameters = parameters_for_saving(self.net, self.gluon_trainer)
-            self._check_replicas(parameters)
+            check_replicas(self.dist, parameters, self.step, self.metrics.print)
             path = self.checkpoints.save(self.step, lambda tmp: write_model_and_optimizer(tmp, parameters,
                                                                                          self.gluon_trainer),
                                          self.training_state().to_dict())
@@ -375,17 +349,6 @@ class Trainer:
         if path is not None:
             self.metrics.print(f"checkpoint: {path}")
         return path
-
-    def _check_replicas(self, parameters: dict) -> None:
-        differ = self.dist.replica_mismatch(parameters.values(), name="checkpoint.replicas")
-        if not differ:
-            if self.dist.enabled:
-                self.metrics.print(f"checkpoint: step {self.step}: parameters identical on {self.dist.size} ranks")
-            return
-        what = ", ".join(f"rank {r} ({n} of {len(parameters)} tensors)" for r, n in differ.items())
-        self.metrics.print(f"checkpoint: step {self.step}: parameters DIFFER from rank 0's on {what}")
-        raise RuntimeError(f"the replicas diverged by step {self.step} (parameters differ from rank 0's on {what}); "
-                           "not saving them. Restart from the last checkpoint, and report this as a bug")
 
     @contextlib.contextmanager
     def _beating(self, phase: str):
