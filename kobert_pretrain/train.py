@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from kobert_pretrain import distributed
-from kobert_pretrain.checkpoint import CheckpointManager
+from kobert_pretrain.checkpoint import CheckpointManager, SaveSchedule
 from kobert_pretrain.config import Config, ConfigError, config_hash, to_dict
 from kobert_pretrain.data import LoaderConfig, Phase, PretrainingLoader, phase_for
 from kobert_pretrain.errors import TrainingDiverged, UserError
@@ -120,7 +119,7 @@ class Trainer:
         self.sequences_seen = 0
         self.scaler = LossScaler.for_dtype(tc.dtype, tc.loss_scale, tc.loss_scale_window)
         self._last_saved_step = -1
-        self._last_save_time = time.time()
+        self.save_schedule = SaveSchedule(cfg.checkpoint.interval, cfg.checkpoint.minutes, self.is_root)
         self._agreed_flags = (False, False)  # (pre-empt, save by time), agreed with the step's counts
         try:
             self._build_model()
@@ -221,7 +220,7 @@ class Trainer:
         # the end of the step after the one during which it arrived.
         local = np.array([sum(float(b["masked_weights"].sum()) for b in batches),
                           sum(float(b["valid_length"].sum()) for b in batches),
-                          float(self.signals.received is not None), float(self._save_time_due())])
+                          float(self.signals.received is not None), float(self.save_schedule.time_due())])
         masked_total, tokens_total, preempt, by_time = self.dist.allreduce_sum(local, name="step.counts")
         self._agreed_flags = (preempt > 0, by_time > 0)
         sequences_total = phase.global_batch_size
@@ -310,20 +309,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _save_time_due(self) -> bool:
-        """Rank 0's clock says a save is due (`checkpoint.minutes`); the other ranks learn it with the step's counts."""
-        ck = self.cfg.checkpoint
-        return self.is_root and ck.minutes > 0 and time.time() - self._last_save_time >= ck.minutes * 60
-
     def _agree_on_stop_and_save(self) -> tuple[bool, bool]:
         """Whether to stop for a signal and whether to save after this step: the same on every rank, from
         the flags every rank contributed to this step's counts allreduce. A signal may reach only some
         ranks (or one host); the save-by-time clock is rank 0's."""
-        ck = self.cfg.checkpoint
-        by_steps = ck.interval > 0 and self.step % ck.interval == 0
         preempt, by_time = self._agreed_flags
         self._agreed_flags = (False, False)
-        return preempt, preempt or by_steps or by_time
+        return preempt, self.save_schedule.save_due(self.step, preempt, by_time)
 
     def training_state(self) -> TrainingState:
         # The data cursor of the phase the next step reads from (none yet if that phase has not started).
@@ -345,7 +337,7 @@ class Trainer:
                                          self.training_state().to_dict())
             self.dist.barrier("checkpoint.saved")
         self._last_saved_step = self.step
-        self._last_save_time = time.time()
+        self.save_schedule.saved()
         if path is not None:
             self.metrics.print(f"checkpoint: {path}")
         return path
