@@ -11,6 +11,7 @@ A checkpoint is written under `step-XXXXXXXX.tmp-PID/`, every file fsynced,
 with a valid `meta.json` whose checksums match are ever loaded; when the
 newest fails its checksums the previous one is used (and the failure
 reported), and a checkpoint that failed to load is never deleted.
+`SaveSchedule` says when a save is due (by steps, by rank 0's clock, on a signal).
 """
 
 from __future__ import annotations
@@ -69,6 +70,32 @@ class Checkpoint:
     def training_state(self) -> TrainingState:
         """state.json of a checkpoint written by `train`, checked for the fields the stages read."""
         return TrainingState.from_dict(self.state(), self.path)
+
+
+class SaveSchedule:
+    """When to save after a step: every `interval` steps, once `minutes` have passed on rank 0's clock since
+    the last save, or at once for a pre-emption signal. The clock and the signals are one rank's: they
+    travel in the step's counts allreduce, so `save_due` gets the same flags, and decides the same, on
+    every rank."""
+
+    def __init__(self, interval: int, minutes: float, is_root: bool, clock=time.time):
+        self.interval = interval
+        self.minutes = minutes
+        self.is_root = is_root
+        self._clock = clock
+        self._last_save_time = clock()
+
+    def time_due(self) -> bool:
+        """Rank 0's clock says a save is due (`checkpoint.minutes`); the other ranks learn it with the step's counts."""
+        return self.is_root and self.minutes > 0 and self._clock() - self._last_save_time >= self.minutes * 60
+
+    def save_due(self, step: int, preempt: bool, by_time: bool) -> bool:
+        """Whether to save after `step`, from the flags all ranks agreed on."""
+        by_steps = self.interval > 0 and step % self.interval == 0
+        return preempt or by_steps or by_time
+
+    def saved(self) -> None:
+        self._last_save_time = self._clock()
 
 
 class CheckpointManager:

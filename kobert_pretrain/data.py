@@ -303,6 +303,21 @@ class Phase:
         self.first_step = first_step
         self.loader: PretrainingLoader | None = None
 
+    def open_loader(self, tc, rank: int, world: int, spec: MaskingSpec | None) -> PretrainingLoader:
+        """This phase's loader for `rank` of `world` (opened on first use): seeded from the run's seed and the
+        phase number, with the `train` config's bucketing and prefetch."""
+        if self.loader is None:
+            self.loader = PretrainingLoader(
+                self.shard_set, LoaderConfig(self.micro_batch_size, seed=tc.seed + 1000 * self.number,
+                                             bucket_window=tc.bucket_window, prefetch=tc.prefetch),
+                rank=rank, world_size=world, spec=spec)
+        return self.loader
+
+    def close_loader(self) -> None:
+        if self.loader is not None:
+            self.loader.close()
+            self.loader = None
+
     def accumulation(self, world: int) -> int:
         assert self.plan is not None and self.plan.ranks == world, "the phase was planned for another world size"
         return self.plan.accumulation

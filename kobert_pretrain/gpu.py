@@ -46,6 +46,31 @@ def device_for_rank(local_rank: int, local_size: int, visible: int,
                     "through CUDA_VISIBLE_DEVICES")
 
 
+def device_kind(setting: str, num_gpus: int) -> str:
+    """"cpu" or "gpu" for `train.device` (auto/cpu/gpu) once MXNet is imported: auto means a GPU when it sees one."""
+    if setting != "auto":
+        return setting
+    return "gpu" if num_gpus > 0 else "cpu"
+
+
+def rank_device(kind: str, local_rank: int, local_size: int):
+    """This rank's MXNet device. Local rank k takes GPU k (or the one GPU a scheduler gave the process); on CPU
+    it takes `cpu(k)`, which computes like `cpu(0)` but carries device id k as `gpu(k)` does: MXNet keys
+    per-device state by it (the optimizer's update counts), so CPU runs exercise what GPU runs rely on."""
+    import mxnet as mx
+
+    if kind != "gpu":
+        return mx.cpu(local_rank)
+    return mx.gpu(device_for_rank(local_rank, local_size, mx.context.num_gpus(), visible_devices()))
+
+
+def start_up_failure(error: Exception, device, rank: int) -> UserError | None:
+    """A CUDA failure of rank `rank` while setting up on `device` (no kernels for this GPU, out of memory, a
+    busy device) as a one-line user error: a restart by `launch` cannot fix it. None for anything else."""
+    cause = cuda_failure(str(error), str(device)) if device.device_type == "gpu" else None
+    return UserError(f"cannot train on {device} of rank {rank}: {cause}") if cause else None
+
+
 def cuda_failure(message: str, device: str = "the GPU") -> str | None:
     """A one-line user-facing cause for a CUDA error MXNet raised while setting up, or None if it is not one.
 

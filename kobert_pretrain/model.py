@@ -123,6 +123,27 @@ def no_weight_decay(name: str) -> bool:
     return name.endswith(("gamma", "beta", "bias"))
 
 
+def model_for_training(shape: ModelShape, ctx, dtype: str = "float32"):
+    """`build_model(shape)` on `ctx`, ready to train: weights from N(0, 0.02) drawn with MXNet's current seed,
+    shapes inferred, cast to `dtype`, hybridized; gradients accumulate over micro-batches (grad_req "add",
+    zeroed after each step) and `no_weight_decay` parameters are not decayed."""
+    import mxnet as mx
+
+    net = build_model(shape)
+    net.initialize(init=mx.init.Normal(0.02), ctx=ctx)
+    # One forward pass finishes deferred shape inference before parameters are shared.
+    ones = mx.nd.ones((1, 8), ctx=ctx)
+    net(ones, ones * 0, mx.nd.array([8], ctx=ctx), mx.nd.zeros((1, 1), ctx=ctx))
+    if dtype == "float16":
+        net.cast("float16")
+    net.hybridize(static_alloc=True)
+    for name, p in net.collect_params().items():
+        p.grad_req = "add"
+        if no_weight_decay(name):
+            p.wd_mult = 0.0
+    return net
+
+
 def pretraining_loss_sums(net, batch: dict, shape: ModelShape, dtype: str):
     """(MLM cross-entropy summed over the masked tokens, MLM correct, NSP cross-entropy summed over the
     sequences, NSP correct) of one batch of MXNet arrays; NSP terms are zero arrays for an MLM-only model."""

@@ -21,6 +21,15 @@ def learning_rate(step: int, peak: float, warmup_steps: int, max_steps: int, dec
     return end + (peak - end) * (1.0 - progress) ** exponent
 
 
+def optimizer_params(tc) -> dict:
+    """The arguments of MXNet's LAMB / BERTAdam for `train` config `tc`; float16 keeps float32 master weights."""
+    params = {"learning_rate": tc.lr, "beta1": tc.beta1, "beta2": tc.beta2, "epsilon": tc.epsilon,
+              "wd": tc.weight_decay}
+    if tc.dtype == "float16":
+        params["multi_precision"] = True
+    return params
+
+
 class LossScaler:
     """Dynamic loss scaling for fp16 (the GluonNLP / NVIDIA scheme).
 
@@ -45,6 +54,11 @@ class LossScaler:
         self.good_steps = 0
         self.skipped_steps = 0
         self.consecutive_skipped = 0
+
+    @classmethod
+    def for_dtype(cls, dtype: str, scale: float, window: int) -> "LossScaler":
+        """A dynamic scaler for float16; float32 needs no scaling (non-finite gradients still skip the step)."""
+        return cls(scale, window) if dtype == "float16" else cls(1.0, window, dynamic=False)
 
     def update(self, grads_finite: bool) -> bool:
         """Record one step's outcome; return True if the optimizer step should be applied."""

@@ -12,9 +12,9 @@ applied by LAMB or BERTAdam with a warm-up/decay schedule. Dropout is seeded
 from (seed, step, rank) before every step, so a resumed run repeats an
 uninterrupted one bit for bit on CPU.
 
-The pieces: the run directory (`run_dir.py`), log lines and metrics.jsonl
-(`metrics.py`), what a checkpoint holds (`train_state.py`) and how it is
-written (`checkpoint.py`).
+The pieces: the checks before the first step (`preflight.py`), the run directory
+(`run_dir.py`), log lines and metrics.jsonl (`metrics.py`), what a checkpoint
+holds (`train_state.py`) and how it is written (`checkpoint.py`).
 """
 
 from __future__ import annotations
@@ -28,23 +28,22 @@ from pathlib import Path
 import numpy as np
 
 from kobert_pretrain import distributed
-from kobert_pretrain.checkpoint import CheckpointManager
+from kobert_pretrain.checkpoint import CheckpointManager, SaveSchedule
 from kobert_pretrain.config import Config, ConfigError, config_hash, to_dict
-from kobert_pretrain.data import LoaderConfig, Phase, PretrainingLoader, phase_for, plan_phases
+from kobert_pretrain.data import LoaderConfig, Phase, PretrainingLoader, phase_for
 from kobert_pretrain.errors import TrainingDiverged, UserError
-from kobert_pretrain.gpu import cuda_failure
+from kobert_pretrain.gpu import device_kind, rank_device, start_up_failure
 from kobert_pretrain.grad_norm import global_norm, norm_inputs
 from kobert_pretrain.heartbeat import Heartbeat
 from kobert_pretrain.metrics import LossSums, MetricsLogger, masked_characters
-from kobert_pretrain.model import ModelShape, build_model, no_weight_decay, pretraining_loss_sums
-from kobert_pretrain.optim import LossScaler, learning_rate, update_scaling
+from kobert_pretrain.model import model_for_training, pretraining_loss_sums
+from kobert_pretrain.optim import LossScaler, learning_rate, optimizer_params, update_scaling
+from kobert_pretrain.preflight import check_setup, config_problems
 from kobert_pretrain.run_dir import EXIT_PREEMPTED, Preempted, PreemptionSignals, RunDir
-from kobert_pretrain.shards.provenance import masking_spec, shard_vocab
-from kobert_pretrain.train_state import (TrainingState, load_model_and_optimizer, parameters_for_saving,
-                                         resume_problems, write_model_and_optimizer)
+from kobert_pretrain.train_state import (TrainingState, check_replicas, load_model_and_optimizer,
+                                         parameters_for_saving, resume_problems, write_model_and_optimizer)
 
 __all__ = ["EXIT_PREEMPTED", "Preempted", "Trainer", "train", "step_seed"]
-
 
 
 def train(cfg: Config, resume: str = "auto") -> Path:
@@ -82,7 +81,7 @@ class Trainer:
         self.mx = mx
         self.cfg = cfg
         tc = cfg.train
-        problems = [p for name in ("model", "train", "log", "checkpoint") for p in cfg.section(name).validate()]
+        problems = config_problems(cfg)
         if not tc.shards or not tc.out:
             raise ConfigError(problems)
         # Absolute paths in the run's config.json: later stages (convert, a resume) may run elsewhere.
@@ -96,42 +95,21 @@ class Trainer:
             self._exit.callback(self.heartbeat.close)
         self.run_dir = RunDir(tc.out)
         self._exit.callback(self.run_dir.unlock)
-        run_dir_problem = self.run_dir.problem()
-        if run_dir_problem:
-            problems.append(run_dir_problem)
         self.is_root = self.dist.is_root
-        world = self.dist.size
 
-        # Data: shard sets must agree with each other, with the vocabulary and with the model.
-        # Every problem is collected and reported at once, before any step runs.
-        self.phases, self.eval_set = plan_phases(tc, world, problems)
+        # The run directory, the shard sets, the vocabulary, the model and the device: every problem is
+        # collected and reported at once, before any step runs. (A CPU run never asks CUDA.)
+        num_gpus = mx.context.num_gpus() if tc.device != "cpu" else 0
+        setup = check_setup(cfg, self.dist.size, problems, self.run_dir, num_gpus)
+        self.phases, self.eval_set, self.shape = setup.phases, setup.eval_set, setup.shape
         self._exit.callback(self._close_loaders)
-        first = self.phases[0].shard_set
-        shape_fields = cfg.model.resolved()
-        self.shape = ModelShape(**shape_fields, vocab_size=first.index["vocab_size"], dropout=cfg.model.dropout,
-                                use_nsp=cfg.model.use_nsp)
-        for phase in self.phases:
-            problems += phase.problems(self.shape.max_length, world)
-        if self.eval_set is not None and self.shape.max_length \
-                and self.eval_set.max_seq_length > self.shape.max_length:
-            problems.append(f"eval shards have max_seq_length {self.eval_set.max_seq_length} > model.max_length")
-        vocab = None
-        try:
-            vocab = shard_vocab(first, tc.vocab)
-        except UserError as e:
-            problems.append(f"{e} (set --train.vocab)")
-        if tc.dtype == "float16" and self._device_kind() != "gpu":
-            problems.append("train.dtype=float16 needs a GPU (on CPU use float32)")
-        if tc.device == "gpu" and mx.context.num_gpus() == 0:
-            problems.append("train.device=gpu but MXNet sees no GPU (CPU build of mxnet, or no visible device: "
-                            "check CUDA_VISIBLE_DEVICES and `kobert-pretrain doctor`)")
         if problems:
             raise ConfigError(problems, title="cannot start training")
-        self.spec = masking_spec(first, vocab)
-        self.char_lengths = vocab.char_lengths()  # masked characters: the loss in bits per character
-        self.vocab_sha = first.index["vocab_sha256"]
+        self.spec = setup.spec
+        self.char_lengths = setup.vocab.char_lengths()  # masked characters: the loss in bits per character
+        self.vocab_sha = setup.first.index["vocab_sha256"]
 
-        self.ctx = self._device()
+        self.ctx = rank_device(device_kind(tc.device, num_gpus), self.dist.local_rank, self.dist.local_size)
         self.run_dir.lock_for_job(self.dist)
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=cfg.checkpoint.keep_last,
                                              keep_every=cfg.checkpoint.keep_every, is_writer=self.is_root)
@@ -141,72 +119,32 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.sequences_seen = 0
-        if tc.dtype == "float16":
-            self.scaler = LossScaler(tc.loss_scale, tc.loss_scale_window)
-        else:  # float32 needs no scaling; non-finite gradients still skip the step
-            self.scaler = LossScaler(1.0, tc.loss_scale_window, dynamic=False)
+        self.scaler = LossScaler.for_dtype(tc.dtype, tc.loss_scale, tc.loss_scale_window)
         self._last_saved_step = -1
-        self._last_save_time = time.time()
+        self.save_schedule = SaveSchedule(cfg.checkpoint.interval, cfg.checkpoint.minutes, self.is_root)
         self._agreed_flags = (False, False)  # (pre-empt, save by time), agreed with the step's counts
         try:
             self._build_model()
             self.resumed_from = self._resume(resume)
         except mx.base.MXNetError as e:
-            raise self._start_up_failure(e) or e from None
+            raise start_up_failure(e, self.ctx, self.dist.rank) or e from None
         if self.is_root:
             self.run_dir.write_config(to_dict(self.cfg))
 
     # ------------------------------------------------------------------ set-up
 
-    def _device(self):
-        """This rank's device. Local rank k takes GPU k (or the one GPU a scheduler gave the process); on CPU
-        it takes `cpu(k)`, which computes like `cpu(0)` but carries device id k as `gpu(k)` does: MXNet keys
-        per-device state by it (the optimizer's update counts), so CPU runs exercise what GPU runs rely on."""
-        from kobert_pretrain.gpu import device_for_rank, visible_devices
-
-        mx, dist = self.mx, self.dist
-        if self._device_kind() != "gpu":
-            return mx.cpu(dist.local_rank)
-        return mx.gpu(device_for_rank(dist.local_rank, dist.local_size, mx.context.num_gpus(), visible_devices()))
-
-    def _start_up_failure(self, error: Exception) -> UserError | None:
-        """A CUDA failure while setting up (no kernels for this GPU, out of memory, a busy device) as a
-        one-line user error: a restart by `launch` cannot fix it. None for anything else."""
-        cause = cuda_failure(str(error), str(self.ctx)) if self.ctx.device_type == "gpu" else None
-        return UserError(f"cannot train on {self.ctx} of rank {self.dist.rank}: {cause}") if cause else None
-
-    def _device_kind(self) -> str:
-        if self.cfg.train.device != "auto":
-            return self.cfg.train.device
-        return "gpu" if self.mx.context.num_gpus() > 0 else "cpu"
-
     def _build_model(self) -> None:
-        mx, tc = self.mx, self.cfg.train
-        mx.random.seed(tc.seed)
-        self.net = build_model(self.shape)
-        self.net.initialize(init=mx.init.Normal(0.02), ctx=self.ctx)
-        # One forward pass finishes deferred shape inference before parameters are shared.
-        ones = mx.nd.ones((1, 8), ctx=self.ctx)
-        self.net(ones, ones * 0, mx.nd.array([8], ctx=self.ctx), mx.nd.zeros((1, 1), ctx=self.ctx))
-        if tc.dtype == "float16":
-            self.net.cast("float16")
-        self.net.hybridize(static_alloc=True)
+        tc = self.cfg.train
+        self.mx.random.seed(tc.seed)
+        self.net = model_for_training(self.shape, self.ctx, tc.dtype)
         params = self.net.collect_params()
-        for name, p in params.items():
-            p.grad_req = "add"  # gradients accumulate over micro-batches; zeroed after each step
-            if no_weight_decay(name):
-                p.wd_mult = 0.0
         # the gradient buffers, fixed for the trainer's life
         self._grads = [p.grad(self.ctx) for p in params.values() if p.grad_req != "null"]
         self._norm_inputs = norm_inputs(self._grads, self.ctx.device_type)
-        optimizer_params = {"learning_rate": tc.lr, "beta1": tc.beta1, "beta2": tc.beta2, "epsilon": tc.epsilon,
-                            "wd": tc.weight_decay}
-        if tc.dtype == "float16":
-            optimizer_params["multi_precision"] = True
         if tc.optimizer == "bertadam":
             import gluonnlp  # noqa: F401  (registers 'bertadam')
         self.gluon_trainer, self.grads_averaged = distributed.gluon_trainer(
-            self.dist, params, tc.optimizer, optimizer_params, tc.fp16_allreduce, tc.allreduce_groups)
+            self.dist, params, tc.optimizer, optimizer_params(tc), tc.fp16_allreduce, tc.allreduce_groups)
 
     def _resume(self, resume: str):
         """Restore the checkpoint `--resume` names (None: a fresh start), the resumed phase's data cursor
@@ -236,19 +174,12 @@ class Trainer:
 
     def _loader(self, phase: Phase) -> PretrainingLoader:
         if phase.loader is None:
-            self._close_loaders()
-            tc = self.cfg.train
-            phase.loader = PretrainingLoader(
-                phase.shard_set, LoaderConfig(phase.micro_batch_size, seed=tc.seed + 1000 * phase.number,
-                                              bucket_window=tc.bucket_window, prefetch=tc.prefetch),
-                rank=self.dist.rank, world_size=self.dist.size, spec=self.spec)
-        return phase.loader
+            self._close_loaders()  # one phase's loader at a time
+        return phase.open_loader(self.cfg.train, self.dist.rank, self.dist.size, self.spec)
 
     def _close_loaders(self) -> None:
         for phase in self.phases:
-            if phase.loader is not None:
-                phase.loader.close()
-                phase.loader = None
+            phase.close_loader()
 
     # ------------------------------------------------------------------ the loop
 
@@ -264,7 +195,7 @@ class Trainer:
             try:
                 metrics = self.train_step()
             except self.mx.base.MXNetError as e:  # out of memory at the first step is a set-up failure
-                raise (self._start_up_failure(e) if self.step == first else None) or e from None
+                raise (start_up_failure(e, self.ctx, self.dist.rank) if self.step == first else None) or e from None
             self.step += 1
             self._beat("train")
             self._log_step(metrics)
@@ -293,7 +224,7 @@ class Trainer:
         # is acted on at the end of the step after the one during which it arrived.
         local = np.array([sum(float(b["masked_weights"].sum()) for b in batches),
                           sum(float(b["valid_length"].sum()) for b in batches),
-                          float(self.signals.received is not None), float(self._save_time_due())])
+                          float(self.signals.received is not None), float(self.save_schedule.time_due())])
         counts = self.dist.allreduce_sum_start(local, name="step.counts")
         masked_total = counts[0:1].astype("float32").as_in_context(self.ctx)  # the float32 divisor, as before
         sequences_total = phase.global_batch_size
@@ -390,20 +321,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _save_time_due(self) -> bool:
-        """Rank 0's clock says a save is due (`checkpoint.minutes`); the other ranks learn it with the step's counts."""
-        ck = self.cfg.checkpoint
-        return self.is_root and ck.minutes > 0 and time.time() - self._last_save_time >= ck.minutes * 60
-
     def _agree_on_stop_and_save(self) -> tuple[bool, bool]:
         """Whether to stop for a signal and whether to save after this step: the same on every rank, from
         the flags every rank contributed to this step's counts allreduce. A signal may reach only some
         ranks (or one host); the save-by-time clock is rank 0's."""
-        ck = self.cfg.checkpoint
-        by_steps = ck.interval > 0 and self.step % ck.interval == 0
         preempt, by_time = self._agreed_flags
         self._agreed_flags = (False, False)
-        return preempt, preempt or by_steps or by_time
+        return preempt, self.save_schedule.save_due(self.step, preempt, by_time)
 
     def training_state(self) -> TrainingState:
         # The data cursor of the phase the next step reads from (none yet if that phase has not started).
@@ -419,27 +343,16 @@ class Trainer:
         with self._beating("save"):
             # CPU copies on every rank: rank 0 writes them, and every rank's fingerprint is compared.
             parameters = parameters_for_saving(self.net, self.gluon_trainer)
-            self._check_replicas(parameters)
+            check_replicas(self.dist, parameters, self.step, self.metrics.print)
             path = self.checkpoints.save(self.step, lambda tmp: write_model_and_optimizer(tmp, parameters,
                                                                                          self.gluon_trainer),
                                          self.training_state().to_dict())
             self.dist.barrier("checkpoint.saved")
         self._last_saved_step = self.step
-        self._last_save_time = time.time()
+        self.save_schedule.saved()
         if path is not None:
             self.metrics.print(f"checkpoint: {path}")
         return path
-
-    def _check_replicas(self, parameters: dict) -> None:
-        differ = self.dist.replica_mismatch(parameters.values(), name="checkpoint.replicas")
-        if not differ:
-            if self.dist.enabled:
-                self.metrics.print(f"checkpoint: step {self.step}: parameters identical on {self.dist.size} ranks")
-            return
-        what = ", ".join(f"rank {r} ({n} of {len(parameters)} tensors)" for r, n in differ.items())
-        self.metrics.print(f"checkpoint: step {self.step}: parameters DIFFER from rank 0's on {what}")
-        raise RuntimeError(f"the replicas diverged by step {self.step} (parameters differ from rank 0's on {what}); "
-                           "not saving them. Restart from the last checkpoint, and report this as a bug")
 
     @contextlib.contextmanager
     def _beating(self, phase: str):

@@ -183,6 +183,20 @@ def load_optimizer_states(trainer, directory: Path, ctx) -> None:
     optimizer._index_update_count = optimizer._all_index_update_counts[ctx.device_id]
 
 
+def check_replicas(dist, parameters: dict, step: int, say) -> None:
+    """Refuse to save replicas that differ: every rank applies the same update, so parameters that are not
+    bit-identical to rank 0's mean a bug. `say` prints the verdict (rank 0's log)."""
+    differ = dist.replica_mismatch(parameters.values(), name="checkpoint.replicas")
+    if not differ:
+        if dist.enabled:
+            say(f"checkpoint: step {step}: parameters identical on {dist.size} ranks")
+        return
+    what = ", ".join(f"rank {r} ({n} of {len(parameters)} tensors)" for r, n in differ.items())
+    say(f"checkpoint: step {step}: parameters DIFFER from rank 0's on {what}")
+    raise RuntimeError(f"the replicas diverged by step {step} (parameters differ from rank 0's on {what}); "
+                       "not saving them. Restart from the last checkpoint, and report this as a bug")
+
+
 def resume_problems(state: TrainingState, train_cfg, model_shape: dict, vocab_sha256: str,
                     phase_fingerprints: list[str]) -> list[str]:
     """What makes this run (its train config, model shape, vocabulary and the fingerprints of its phases'

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from kobert_pretrain.checkpoint import CheckpointManager
+from kobert_pretrain.checkpoint import CheckpointManager, SaveSchedule
 from kobert_pretrain.errors import UserError
 
 from conftest import ROOT, final_params, read_metrics
@@ -126,6 +126,24 @@ def test_partial_directories_from_a_killed_save_are_removed(tmp_path):
     (tmp_path / "checkpoints" / "step-00000009.tmp-4242").mkdir(parents=True)
     manager.remove_partial()
     assert not any((tmp_path / "checkpoints").iterdir())
+
+
+
+def test_save_schedule_by_steps_by_rank_0s_clock_and_on_a_signal():
+    now = [1000.0]
+    schedule = SaveSchedule(interval=4, minutes=30, is_root=True, clock=lambda: now[0])
+    assert [s for s in range(1, 13) if schedule.save_due(s, False, False)] == [4, 8, 12]
+    assert schedule.save_due(5, True, False) and schedule.save_due(5, False, True)
+    now[0] += 30 * 60 - 1
+    assert not schedule.time_due()
+    now[0] += 1
+    assert schedule.time_due()
+    schedule.saved()
+    assert not schedule.time_due()
+    # only rank 0's clock counts (the others learn it with the step's counts); 0 turns a setting off
+    assert not SaveSchedule(4, 30, is_root=False, clock=lambda: now[0] + 10**6).time_due()
+    off = SaveSchedule(0, 0, is_root=True, clock=lambda: now[0])
+    assert not any(off.save_due(s, False, False) for s in range(1, 9)) and not off.time_due()
 
 
 # ------------------------------------------------------------------------- real training processes

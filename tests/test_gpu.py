@@ -11,7 +11,8 @@ import pytest
 
 from conftest import ROOT
 from kobert_pretrain.errors import UserError
-from kobert_pretrain.gpu import cuda_failure, device_for_rank, library_problems, wheel_problem
+from kobert_pretrain.gpu import (cuda_failure, device_for_rank, device_kind, library_problems, start_up_failure,
+                                 wheel_problem)
 
 
 @pytest.mark.parametrize("local_rank,local_size,visible,cvd,expected", [
@@ -50,6 +51,28 @@ def test_cuda_start_up_failures_are_named(message, needle):
 
 def test_other_errors_are_not_cuda_start_up_failures():
     assert cuda_failure("Check failed: shape mismatch (3,) vs (4,)") is None
+
+
+class _Device:  # what start_up_failure reads of an mx.Context
+    def __init__(self, kind, index):
+        self.device_type, self.index = kind, index
+
+    def __str__(self):
+        return f"{self.device_type}({self.index})"
+
+
+def test_start_up_failure_is_one_line_on_a_gpu_and_none_on_cpu():
+    oom = RuntimeError("Check failed: e == cudaSuccess: CUDA: out of memory")
+    error = start_up_failure(oom, _Device("gpu", 1), rank=3)
+    assert isinstance(error, UserError) and str(error).startswith("cannot train on gpu(1) of rank 3: gpu(1) ran out")
+    assert start_up_failure(oom, _Device("cpu", 1), rank=3) is None
+    assert start_up_failure(RuntimeError("shape mismatch"), _Device("gpu", 0), rank=0) is None
+
+
+@pytest.mark.parametrize("setting,num_gpus,kind", [("auto", 0, "cpu"), ("auto", 2, "gpu"), ("cpu", 8, "cpu"),
+                                                   ("gpu", 0, "gpu")])
+def test_device_kind(setting, num_gpus, kind):
+    assert device_kind(setting, num_gpus) == kind
 
 
 @pytest.mark.parametrize("wheel,cc,ok", [

@@ -142,7 +142,6 @@ def test_bits_per_char_recounted_independently(study):
     """The run's eval_masked_chars, recounted from the eval shards through the loader and the piece strings."""
     from kobert_pretrain.data import LoaderConfig, PretrainingLoader
     from kobert_pretrain.shards.format import ShardSet
-    from kobert_pretrain.shards.provenance import masking_spec
 
     where = study["out"] / "candidates" / f"unigram-{SIZES[1]}"
     vocab = Vocab.load(where / "vocab")
@@ -151,7 +150,7 @@ def test_bits_per_char_recounted_independently(study):
     record = [json.loads(line) for line in (where / "run" / "metrics.jsonl").read_text().splitlines()
               if json.loads(line)["kind"] == "eval"][-1]
     loader = PretrainingLoader(shard_set, LoaderConfig(16, seed=0, bucket_window=1, prefetch=0),
-                               spec=masking_spec(shard_set, vocab))
+                               spec=shard_set.masking_spec(vocab))
     chars = tokens = 0
     for r in range(loader.rounds_per_epoch):
         batch = loader.batch_at(0, r)

@@ -26,7 +26,7 @@ from kobert_pretrain.convert.tokenizer import build_tokenizer, check_tokenizer
 from kobert_pretrain.errors import ConfigError, UserError
 from kobert_pretrain.fsutil import atomic_output_dir, default_file_mode, ensure_free_output_dir
 from kobert_pretrain.model import ModelShape
-from kobert_pretrain.shards.provenance import recorded_vocab_dir
+from kobert_pretrain.shards.format import INDEX_FILE, ShardSet
 from kobert_pretrain.train_state import TrainingState
 from kobert_pretrain.vocab import PAD, SPECIAL_IDS, Vocab
 
@@ -86,8 +86,10 @@ def _vocab(cfg: ConvertConfig, state: TrainingState) -> Vocab:
     if train.get("vocab"):
         candidates.append(train["vocab"])
     shards = train.get("shards")
-    if shards and (Path(shards) / "index.json").is_file():
-        candidates.append(recorded_vocab_dir(json.loads((Path(shards) / "index.json").read_text())))
+    if shards and (Path(shards) / INDEX_FILE).is_file():
+        # the index alone: the shards need not be intact (or still there) to name their vocabulary
+        index = json.loads((Path(shards) / INDEX_FILE).read_text())
+        candidates.append(ShardSet(Path(shards), index).recorded_vocab_dir)
     for candidate in candidates:
         if candidate and Path(candidate).is_dir():
             return _matching_vocab(candidate, state)

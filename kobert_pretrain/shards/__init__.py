@@ -3,8 +3,8 @@
     documents.py  read a chunk of input, split sentences, tokenize into flat arrays
     instances.py  google-research/bert pairing and truncation on those arrays
     build.py      the two-phase, resumable, parallel generator (`build_shards`)
-    format.py     the .npy shard format, index.json, and the `ShardSet` reader
-    provenance.py the vocabulary and masking spec that belong to a shard set
+    format.py     the .npy shard format, index.json, and the `ShardSet` reader (with the
+                  vocabulary and masking spec that belong to a set)
     inspect.py    totals and decoded instances for a person (`kobert-pretrain inspect`)
 """
 

@@ -33,6 +33,8 @@ import numpy as np
 
 from kobert_pretrain.errors import UserError
 from kobert_pretrain.fsutil import disk_full_error, fsync_dir, sha256_file, verify_files
+from kobert_pretrain.masking import MaskingSpec
+from kobert_pretrain.vocab import Vocab
 
 INDEX_FILE = "index.json"
 FORMAT = "kobert-pretrain-shards/1"
@@ -429,6 +431,29 @@ class ShardSet:
     def shard(self, s: int) -> Shard:
         """Shard s, memory-mapped, its token ids checked against the vocabulary size."""
         return Shard.open(self.path / self.index["shards"][s]["name"], vocab_size=self.index.get("vocab_size"))
+
+    # What the set was built with. Training, `inspect` and `convert` all ask "which vocabulary and masking
+    # spec belong to these shards?"; this is the one answer, read from index.json.
+
+    @property
+    def recorded_vocab_dir(self) -> str:
+        """The vocabulary directory `kobert-pretrain shards --vocab` was given ("" if none is recorded)."""
+        return self.index.get("config", {}).get("vocab", "") or ""
+
+    def load_vocab(self, vocab_dir: str | None = None) -> Vocab:
+        """The set's vocabulary: `vocab_dir`, or the one its build recorded; a UserError when it cannot
+        be loaded or is not the one the shards were built with (its sha256 differs)."""
+        vocab_dir = vocab_dir or self.recorded_vocab_dir
+        vocab = Vocab.load(vocab_dir)
+        if vocab.sha256 != self.index["vocab_sha256"]:
+            raise UserError(f"vocabulary {vocab_dir} is not the one the shards were built with (sha256 differs)")
+        return vocab
+
+    def masking_spec(self, vocab: Vocab) -> MaskingSpec:
+        """How dynamic masks are drawn for this set (its masking settings, `vocab`'s tables)."""
+        index = self.index
+        return MaskingSpec.from_vocab(vocab, index["masked_lm_prob"], index["max_predictions_per_seq"],
+                                      index["whole_word_mask"])
 
 
 def missing_index_message(path: Path) -> str:

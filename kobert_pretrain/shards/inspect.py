@@ -10,7 +10,6 @@ import numpy as np
 from kobert_pretrain.errors import UserError
 from kobert_pretrain.masking import instance_draws, mask_batch
 from kobert_pretrain.shards.format import ShardSet
-from kobert_pretrain.shards.provenance import masking_spec, shard_vocab
 
 TOTALS = ("num_instances", "num_tokens", "num_padded_tokens", "num_random_next", "num_documents",
           "num_sentences", "text_tokens", "undecodable_lines", "max_seq_length", "masking", "vocab_size")
@@ -22,7 +21,7 @@ def inspect_shards(path: str | Path, num_examples: int = 3, vocab_dir: str | Non
     shard_set = ShardSet.open(path, verify=verify)
     index = shard_set.index
     try:
-        vocab = shard_vocab(shard_set, vocab_dir)
+        vocab = shard_set.load_vocab(vocab_dir)
     except UserError as e:
         raise UserError(f"{e} (pass --vocab DIR to decode the instances)") from None
     report = {key: index[key] for key in TOTALS}
@@ -31,7 +30,7 @@ def inspect_shards(path: str | Path, num_examples: int = 3, vocab_dir: str | Non
     report["verified"] = verify
     report["examples"] = []
     shard = shard_set.shard(0)
-    spec = masking_spec(shard_set, vocab)
+    spec = shard_set.masking_spec(vocab)
     for i in range(min(num_examples, len(shard))):
         lo, hi = int(shard.offsets[i]), int(shard.offsets[i + 1])
         ids = np.asarray(shard.tokens[lo:hi], dtype=np.int64)

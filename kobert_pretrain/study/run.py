@@ -77,7 +77,7 @@ def check_settings(out: Path, settings: dict) -> None:
     changed = differences(old, settings)
     if changed:
         shown = ", ".join(changed[:6]) + (", ..." if len(changed) > 6 else "")
-        raise UserError(f"{out} is a study with other settings ({shown} differ): its candidates would not be "
+        raise UserError(f"{out} holds a study with other settings ({shown} differ): its candidates would not be "
                         "comparable; use a new --out, or the settings in " + str(path))
 
 
