@@ -315,15 +315,6 @@ class ModelConfig:
         if shape["num_heads"] > 0 and shape["units"] % shape["num_heads"]:
             problems.append(f"model: units {shape['units']} is not divisible by num_heads {shape['num_heads']}")
         return problems
-        shape = self.resolved()
-        for name in ("num_layers", "units", "hidden_size", "num_heads", "max_length"):
-            if getattr(self, name) < 0:
-                problems.append(f"model.{name}={getattr(self, name)}: must be >= 0 (0 = preset)")
-        if shape["num_heads"] > 0 and shape["units"] % shape["num_heads"]:
-            problems.append(f"model: units {shape['units']} is not divisible by num_heads {shape['num_heads']}")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"model.dropout={self.dropout}: must be in [0, 1)")
-        return problems
 
 
 OPTIMIZERS = ("lamb", "bertadam")
