@@ -59,6 +59,9 @@ def test_tokenization_statistics_exact(debug_vocab):
     assert stats["single_syllable_token_share"] == syllables / tokens
     assert stats["characters_per_instance"] == 61 * chars / tokens
     assert stats["sentence_tokens"]["max"] == max(map(len, pieces)) and stats["sentences_longer_than_instance"] == 0
+    ids = [i for s in sentences for i in vocab.encode(s)]
+    p = np.array([ids.count(i) for i in sorted(set(ids))]) / len(ids)
+    assert stats["unigram_bits_per_char"] == pytest.approx(-(p * np.log2(p)).sum() * tokens / chars, rel=1e-12)
 
 
 def test_learning_curves_are_compared_at_equal_text():
@@ -121,7 +124,7 @@ def test_study_writes_every_field_finite(study):
         seen = [p["characters_seen"] for p in c["learning_curve"]]
         assert seen == sorted(seen) and seen[0] > 0
         for key in ("pieces_per_eojeol", "pieces_per_character", "unk_rate", "single_syllable_token_share",
-                    "characters_per_instance"):
+                    "characters_per_instance", "unigram_bits_per_char"):
             assert key in c["tokenization"]
         for key in ("parameters", "vocabulary_share", "sequences_per_s", "tokens_per_s", "characters_per_s",
                     "release_bytes", "onnx_encoder"):

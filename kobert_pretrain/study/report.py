@@ -50,6 +50,7 @@ def summarize(candidates: list[dict]) -> dict:
             "name": c["name"], "vocab_size": c["vocab_size"], "model_type": c["model_type"],
             "parameters": cost["parameters"], "vocabulary_share": cost["vocabulary_share"],
             "pieces_per_eojeol": t["pieces_per_eojeol"], "pieces_per_character": t["pieces_per_character"],
+            "unigram_bits_per_char": t.get("unigram_bits_per_char"),
             "unk_rate": t["unk_rate"], "single_syllable_token_share": t["single_syllable_token_share"],
             "characters_per_instance": t["characters_per_instance"],
             "final_bits_per_char": final.get("bits_per_char"), "characters_seen": final.get("characters_seen"),
@@ -76,8 +77,8 @@ def markdown(summary: dict, study: dict) -> str:
     metric = next((r["downstream_metric"] for r in rows if r["downstream_metric"]), None)
     head = ["candidate", "parameters (vocab share)", "pieces / eojeol", "pieces / char", "[UNK]",
             "1-syllable tokens", f"chars / {study['max_seq_length']}-token instance", "bits/char at equal text",
-            "bits/char at end (text seen)", "train seq/s", "train chars/s", "release MB", "ONNX ms / batch",
-            "ONNX sentences/s"]
+            "bits/char at end (text seen)", "context-free bits/char", "train seq/s", "train chars/s", "release MB",
+            "ONNX ms / batch", "ONNX sentences/s"]
     if metric:
         head += [f"dev {metric} (pretrained)", f"dev {metric} (from scratch)"]
     lines = [f"# Vocabulary study: {study['steps']} steps per candidate", "",
@@ -91,14 +92,17 @@ def markdown(summary: dict, study: dict) -> str:
                  f"{r['single_syllable_token_share']:.0%}", f"{r['characters_per_instance']:.0f}",
                  _number(r["bits_per_char_at_equal_text"], ".3f"),
                  f"{_number(r['final_bits_per_char'], '.3f')} ({_millions(r['characters_seen'])})",
+                 _number(r["unigram_bits_per_char"], ".3f"),
                  _number(r["sequences_per_s"], ".1f"), _number(r["characters_per_s"], ",.0f"),
                  f"{r['release_mb']:.1f}", f"{r['onnx_latency_ms']:.1f}", f"{r['onnx_sentences_per_s']:.0f}"]
         if metric:
             cells += [format_mean_sd(r["downstream_dev"][m]) if m in r["downstream_dev"] else "n/a"
                       for m in ("pretrained", "from_scratch")]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Per-token MLM loss is not comparable across vocabularies and is not shown here (it is in "
-              "study.json, beside each learning-curve point).", ""]
+    lines += ["", "Context-free bits/char: the entropy of the held-out text's own piece frequencies per character, "
+              "what a model that ignores context scores; a model near it has learned piece frequencies only, and "
+              "a larger vocabulary is always ahead there. Per-token MLM loss is not comparable across "
+              "vocabularies and is not shown (it is in study.json, beside each learning-curve point).", ""]
     return "\n".join(lines)
 
 
@@ -126,13 +130,16 @@ def learning_curves_png(candidates: list[dict], equal: float | None) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for c in candidates:
         curve = c["learning_curve"]
-        ax.plot([p["characters_seen"] / 1e6 for p in curve], [p["bits_per_char"] for p in curve], "o-",
-                markersize=3, label=c["name"])
+        line, = ax.plot([p["characters_seen"] / 1e6 for p in curve], [p["bits_per_char"] for p in curve], "o-",
+                        markersize=3, label=c["name"])
+        unigram = c["tokenization"].get("unigram_bits_per_char")
+        if unigram is not None:
+            ax.axhline(unigram, color=line.get_color(), linestyle="--", linewidth=0.8, alpha=0.7)
     if equal:
         ax.axvline(equal / 1e6, color="tab:gray", linestyle=":", label="equal text seen")
     ax.set_xlabel("characters of training text seen (millions)")
     ax.set_ylabel("held-out MLM loss (bits per character)")
-    ax.set_title("Learning speed, independent of the vocabulary")
+    ax.set_title("Learning speed, independent of the vocabulary (dashed: context-free level)")
     ax.legend(fontsize=8)
     return _png(fig)
 

@@ -17,6 +17,13 @@ def is_syllable(text: str) -> bool:
     return len(text) == 1 and "\uac00" <= text <= "\ud7a3"
 
 
+def unigram_bits(frequency: np.ndarray) -> float:
+    """Entropy in bits per token of the token frequencies: what a model that ignores context scores (the
+    distribution is the held-out text's own, so this is slightly optimistic for such a model)."""
+    p = frequency[frequency > 0] / max(int(frequency.sum()), 1)
+    return float(-(p * np.log2(p)).sum())
+
+
 def heldout_sentences(path: Path, max_mb: float) -> list[str]:
     """The non-blank lines of `path`, up to `max_mb` of UTF-8 (whole lines)."""
     lines, size, cap = [], 0, max_mb * 1e6
@@ -38,6 +45,7 @@ def tokenization_stats(vocab: Vocab, sentences: list[str], max_seq_length: int) 
     unk = vocab.sp.unk_id()
     tokens = chars = unks = syllables = 0
     per_sentence = []
+    frequency = np.zeros(vocab.size, dtype=np.int64)
     for lo in range(0, len(sentences), _BATCH):
         for ids in vocab.encode_batch(sentences[lo:lo + _BATCH]):
             ids = np.asarray(ids, dtype=np.int64)
@@ -46,6 +54,7 @@ def tokenization_stats(vocab: Vocab, sentences: list[str], max_seq_length: int) 
             chars += int(lengths[ids].sum())
             unks += int((ids == unk).sum())
             syllables += int(syllable[ids].sum())
+            frequency += np.bincount(ids, minlength=vocab.size)
     eojeols = sum(len(s.split()) for s in sentences)
     text_chars = sum(len(s) - s.count(" ") for s in sentences)
     per_sentence = np.asarray(per_sentence)
@@ -62,6 +71,7 @@ def tokenization_stats(vocab: Vocab, sentences: list[str], max_seq_length: int) 
         "tokens": int(per_sentence.sum()),
         "pieces_per_eojeol": tokens / max(eojeols, 1),
         "pieces_per_character": tokens / max(chars, 1),
+        "unigram_bits_per_char": unigram_bits(frequency) * tokens / max(chars, 1),
         "unk_rate": unks / tokens,
         "single_syllable_token_share": syllables / tokens,
         "single_syllable_vocab_share": float(syllable[ordinary].mean()) if ordinary else 0.0,
