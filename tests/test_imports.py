@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "kobert_pretrain"
 # model, checkpoints and supervisor), 5 convert, 6 finetune, 7 study (whole pipelines compared); 9: the entry
 # points and tools that use all of them.
 STAGES = {
-    "errors": 0, "fsutil": 0, "text": 0, "config": 0, "distributed": 0, "demo": 0,  # demo: the bundled corpus
+    "errors": 0, "fsutil": 0, "text": 0, "config": 0, "distributed": 0, "plots": 0,
+    "demo": 0,  # demo: the bundled corpus
     "prepare": 1,
     "vocab": 2,
     "masking": 3, "shards": 3,

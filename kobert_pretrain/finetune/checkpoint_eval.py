@@ -13,7 +13,6 @@ recipe must be this one); a checkpoint that retention deleted meanwhile is skipp
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from kobert_pretrain.finetune.report import results_table
 from kobert_pretrain.finetune.run import FROM_SCRATCH, PRETRAINED, path_problems, prepare_task, release_identity, \
     run_seeds
 from kobert_pretrain.fsutil import atomic_output_dir, atomic_write_bytes, atomic_write_json
+from kobert_pretrain.plots import png, pyplot
 from kobert_pretrain.text import warn
 
 _STEP = re.compile(r"^step-(\d{8})$")
@@ -202,10 +202,7 @@ def write_summary(out: Path, run: Path) -> dict:
 
 def plot(summary: dict) -> bytes:
     """The curve to watch: downstream score (mean ± sd) and held-out MLM loss against step; tokens on top."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     metric = summary["primary_metric"]
@@ -241,8 +238,4 @@ def plot(summary: dict) -> bytes:
         top = ax.secondary_xaxis("top", functions=(lambda s: np.interp(s, known_steps, known_tokens),
                                                    lambda t: np.interp(t, known_tokens, known_steps)))
         top.set_xlabel("tokens seen")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png(fig)

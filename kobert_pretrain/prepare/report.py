@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from pathlib import Path
 
 import numpy as np
 
 from kobert_pretrain.fsutil import atomic_write_json, atomic_write_text
+from kobert_pretrain.plots import png, pyplot
 from kobert_pretrain.prepare.filters import FILTER_NAMES, TEXT_FILTERS
 from kobert_pretrain.prepare.readers import ReadCounts
 
@@ -112,11 +112,7 @@ def write_report(directory: Path, report: dict, coverage_curve: list[float]) -> 
 
 def plots(report: dict, coverage_curve: list[float]) -> dict[str, bytes]:
     """PNG bytes by name: removal by filter, sentence and document length, character coverage."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out = report["output"]
     images = {}
 
@@ -159,15 +155,11 @@ def plots(report: dict, coverage_curve: list[float]) -> dict[str, bytes]:
     ax.set_ylim(0, 101)
     ax.set_title("Character coverage (output)")
     images["coverage"] = _png(fig)
-    plt.close("all")
     return images
 
 
 def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+    return png(fig, dpi=100)
 
 
 def _e(value) -> str:

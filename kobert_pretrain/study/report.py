@@ -11,11 +11,10 @@ reached after the text the slowest candidate saw in its run, interpolated along 
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
 from kobert_pretrain.finetune.metrics import format_mean_sd
+from kobert_pretrain.plots import png, pyplot
 
 
 def at_equal_text(candidates: list[dict]) -> float | None:
@@ -106,27 +105,8 @@ def markdown(summary: dict, study: dict) -> str:
     return "\n".join(lines)
 
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def learning_curves_png(candidates: list[dict], equal: float | None) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for c in candidates:
         curve = c["learning_curve"]
@@ -141,11 +121,11 @@ def learning_curves_png(candidates: list[dict], equal: float | None) -> bytes:
     ax.set_ylabel("held-out MLM loss (bits per character)")
     ax.set_title("Learning speed, independent of the vocabulary (dashed: context-free level)")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 def cost_quality_png(summary: dict) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     rows = summary["rows"]
     with_task = [r for r in rows if r["downstream_dev"].get("pretrained")]
     panels = 3 if with_task else 2
@@ -171,4 +151,4 @@ def cost_quality_png(summary: dict) -> bytes:
         ax.set_xlabel("ONNX encoder latency per batch (ms)")
         ax.set_ylabel(f"dev {metric} (higher is better)")
     fig.suptitle("Cost against quality", fontsize=10)
-    return _png(fig)
+    return png(fig)
