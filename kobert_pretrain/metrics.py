@@ -94,6 +94,24 @@ class MetricsLogger:
         if self.is_root:
             print(text, file=sys.stderr, flush=True)
 
+    def log_start(self, step: int, shape, tc, phase, ranks: int, ctx, rounds_per_epoch: int, resumed_from) -> None:
+        """The run's first lines: the model, the devices and optimizer, the phase's batch plan, the resume."""
+        accumulation = phase.accumulation(ranks)
+        seq = phase.shard_set.max_seq_length
+        lines = [
+            f"train: {shape.num_layers} layers x {shape.units} units, {shape.num_heads} heads, "
+            f"vocab {shape.vocab_size}: {shape.parameter_count():,} parameters",
+            f"train: {ranks} rank(s) on {ctx}, {tc.dtype}, {tc.optimizer} lr {tc.lr:g} "
+            f"(warm-up {tc.warmup_steps}, {tc.decay} decay), clip {tc.clip_grad_norm:g}",
+            f"train: phase {phase.number}: seq {seq}, micro batch {phase.micro_batch_size} x accumulation "
+            f"{accumulation} x {ranks} rank(s) = global batch {phase.global_batch_size}; up to "
+            f"{phase.global_batch_size * seq:,} tokens per step; {rounds_per_epoch // accumulation:,} steps per "
+            f"epoch ({phase.shard_set.num_instances:,} instances)",
+        ]
+        if resumed_from is not None:
+            lines.append(f"train: resumed from {resumed_from.path} at step {step}")
+        self.print("\n".join(lines))
+
     def add(self, sums: LossSums, tokens: float) -> None:
         """One step's sums (of this rank) and tokens (of all ranks)."""
         self.sums = sums if self.sums is None else self.sums + sums

@@ -371,27 +371,10 @@ class Trainer:
 
     def _log_start(self) -> None:
         self.metrics.reset(self.step)
-        if not self.is_root:
-            return
-        tc = self.cfg.train
-        phase = phase_for(self.phases, self.step)
-        loader = self._loader(phase)
-        accumulation = phase.accumulation(self.dist.size)
-        steps_per_epoch = loader.rounds_per_epoch // accumulation
-        seq = phase.shard_set.max_seq_length
-        lines = [
-            f"train: {self.shape.num_layers} layers x {self.shape.units} units, {self.shape.num_heads} heads, "
-            f"vocab {self.shape.vocab_size}: {self.shape.parameter_count():,} parameters",
-            f"train: {self.dist.size} rank(s) on {self.ctx}, {tc.dtype}, {tc.optimizer} lr {tc.lr:g} "
-            f"(warm-up {tc.warmup_steps}, {tc.decay} decay), clip {tc.clip_grad_norm:g}",
-            f"train: phase {phase.number}: seq {seq}, micro batch {phase.micro_batch_size} x accumulation "
-            f"{accumulation} x {self.dist.size} rank(s) = global batch {phase.global_batch_size}; up to "
-            f"{phase.global_batch_size * seq:,} tokens per step; {steps_per_epoch:,} steps per epoch "
-            f"({phase.shard_set.num_instances:,} instances)",
-        ]
-        if self.resumed_from is not None:
-            lines.append(f"train: resumed from {self.resumed_from.path} at step {self.step}")
-        self.metrics.print("\n".join(lines))
+        if self.is_root:
+            phase = phase_for(self.phases, self.step)
+            self.metrics.log_start(self.step, self.shape, self.cfg.train, phase, self.dist.size, self.ctx,
+                                   self._loader(phase).rounds_per_epoch, self.resumed_from)
 
     def _log_step(self, metrics: dict) -> None:
         self.metrics.add(metrics["sums"], metrics["tokens"])
