@@ -208,34 +208,41 @@ def write_json_durably(path: Path, obj: Any) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(tmp: Path, final: Path, manifest: str | None = None, manifest_fields: dict | None = None,
-               replace: bool = False, on_error: Callable[[BaseException], None] | None = None) -> Iterator[Path]:
+               replace: bool = False, on_error: Callable[[BaseException], None] | None = None,
+               durable: bool = True) -> Iterator[Path]:
     """The one way a directory is written: yield `tmp` (created empty); when the block succeeds, fsync every
     file in it, optionally write `manifest` last (`manifest_fields` plus "files": {name: {"sha256", "bytes"}}
     of every file, see `verify_files`), fsync, and rename `tmp` to `final` (replacing an existing `final`
     if `replace`; otherwise `final` must not exist or be an empty directory).
 
     On any error `on_error(error)` runs first (while the partial files still take their space: is the disk
-    full?), then `tmp` is removed and the error propagates; `final` is left as it was.
+    full?), then `tmp` is removed and the error propagates; `final` is left as it was. `durable=False`
+    skips the fsyncs, for a directory that is verified by its checksums before any reuse (a crash then
+    costs a redo, never wrong data). A writer that checksums its files as it writes them (the shard
+    writer) writes its own manifest inside the block and passes `manifest=None`.
     """
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir()
+        tmp.mkdir(parents=True)
         yield tmp
         files = {}
         for child in sorted(tmp.iterdir()):
             if child.is_file():
-                with open(child, "rb") as f:
-                    os.fsync(f.fileno())
+                if durable:
+                    with open(child, "rb") as f:
+                        os.fsync(f.fileno())
                 if manifest is not None:
                     files[child.name] = {"sha256": sha256_file(child), "bytes": child.stat().st_size}
         if manifest is not None:
             write_json_durably(tmp / manifest, {**(manifest_fields or {}), "files": files})
-        fsync_dir(tmp)
+        if durable:
+            fsync_dir(tmp)
         if replace and final.exists():
             shutil.rmtree(final)
         # os.replace moves a directory onto an empty one (POSIX rename semantics).
         os.replace(tmp, final)
-        fsync_dir(final.parent)
+        if durable:
+            fsync_dir(final.parent)
     except BaseException as e:
         if on_error is not None:
             on_error(e)

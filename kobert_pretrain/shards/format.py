@@ -25,14 +25,13 @@ import io
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kobert_pretrain.errors import UserError
-from kobert_pretrain.fsutil import disk_full_error, fsync_dir, sha256_file, verify_files
+from kobert_pretrain.fsutil import atomic_dir, disk_full_error, sha256_file, verify_files
 from kobert_pretrain.masking import MaskingSpec
 from kobert_pretrain.vocab import Vocab
 
@@ -137,7 +136,7 @@ class NpyStream:
 
 
 class ArrayDirWriter:
-    """Builds an array directory under a temporary sibling name; `finish` renames it into place.
+    """Builds an array directory with `fsutil.atomic_dir` (a temporary sibling, renamed into place by `finish`).
 
         with ArrayDirWriter(path) as writer:
             writer.write("offsets", offsets)              # a whole array
@@ -145,10 +144,12 @@ class ArrayDirWriter:
             tokens.append(block) ...
             meta = writer.finish({"shard": s, ...})
 
-    Leaving the block without `finish` (any error, a full disk included) removes the temporary
-    directory: no half-written directory is ever left under `path`. durable=False skips the fsyncs:
-    for phase 1's chunk directories, which are verified by sha256 before any reuse, so a crash that
-    loses their data costs a redo, never a wrong shard (the fsyncs were ~7% of a run's time).
+    The files are checksummed while they are written (a shard is never read back to hash it) and the
+    manifest, shard.json, is written last. Leaving the block without `finish` (any error, a full disk
+    included) removes the temporary directory: no half-written directory is ever left under `path`.
+    durable=False skips the fsyncs: for phase 1's chunk directories, which are verified by sha256 before
+    any reuse, so a crash that loses their data costs a redo, never a wrong shard (the fsyncs were ~7% of
+    a run's time).
     """
 
     def __init__(self, path: Path, durable: bool = True):
@@ -156,15 +157,17 @@ class ArrayDirWriter:
         self.tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         self._streams: dict[str, NpyStream] = {}
         self._file = self.tmp  # the file being written, for the disk-full message
+        self._building = None  # the open `atomic_dir`
 
     def __enter__(self) -> "ArrayDirWriter":
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        building = atomic_dir(self.tmp, self.path, replace=True, durable=self.durable)
         try:
-            self.tmp.mkdir(parents=True)
+            building.__enter__()
         except OSError as e:
             if disk_full_error(e) is not None:
                 raise disk_full(self.path) from None
             raise
+        self._building = building
         return self
 
     def stream(self, name: str, dtype: np.dtype, length: int) -> NpyStream:
@@ -180,29 +183,27 @@ class ArrayDirWriter:
         for name, stream in self._streams.items():
             self._file = stream.file
             files[f"{name}.npy"] = stream.close()
+        self._streams = {}
         meta = dict(meta, files=files, sha256=combined_sha256(files))
         self._file = self.tmp / ARRAY_META
         with open(self._file, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
             f.write("\n")
-            f.flush()
-            if self.durable:
-                os.fsync(f.fileno())
-        if self.durable:
-            fsync_dir(self.tmp)
-        shutil.rmtree(self.path, ignore_errors=True)
-        os.rename(self.tmp, self.path)
-        if self.durable:
-            fsync_dir(self.path.parent)
-        self._streams = {}
+        self._building.__exit__(None, None, None)  # fsync, rename into place (an error: see __exit__)
+        self._building = None
         return meta
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
+        if self._building is None:  # finished
             return
         for stream in self._streams.values():
             stream.abandon()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        building, self._building = self._building, None
+        if exc_type is None:  # left without finish: nothing is kept
+            unfinished = RuntimeError(f"{self.path} left unfinished")
+            building.__exit__(RuntimeError, unfinished, None)  # removes the temporary directory
+            return
+        building.__exit__(exc_type, exc, tb)  # removes the temporary directory; the error propagates
         if isinstance(exc, OSError) and disk_full_error(exc) is not None:
             file = Path(exc.filename) if exc.filename and Path(exc.filename).parent == self.tmp else self._file
             raise disk_full(self.path / file.relative_to(self.tmp)) from None
