@@ -6,7 +6,7 @@
         state.json        step, phase, tokens seen, loss scaler, data cursor, RNG note, hashes
         meta.json         sha256 of every file above; written last
 
-A checkpoint is written under `step-XXXXXXXX.tmp-PID/`, every file fsynced,
+A checkpoint is written under `.step-XXXXXXXX.tmp-HOST-PID/`, every file fsynced,
 `meta.json` written last, then the directory is renamed. Only directories
 with a valid `meta.json` whose checksums match are ever loaded; when the
 newest fails its checksums the previous one is used (and the failure
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kobert_pretrain.errors import UserError
-from kobert_pretrain.fsutil import atomic_dir, disk_full_error, fsync_dir, verify_files
+from kobert_pretrain.fsutil import atomic_dir, disk_full_error, fsync_dir, temporary_prefix, verify_files
 from kobert_pretrain.run_dir import CHECKPOINTS, METRICS, RunDir
 from kobert_pretrain.text import warn
 from kobert_pretrain.train_state import TrainingState
@@ -125,7 +125,7 @@ class CheckpointManager:
         if not self.is_writer:
             return None
         final = self.dir / checkpoint_name(step)
-        tmp = self.dir / f"{checkpoint_name(step)}.tmp-{os.getpid()}"
+        tmp = self.dir / f"{temporary_prefix(final)}{os.getpid()}"
         failure = []  # what went wrong, judged before the partial files are freed: is the disk full?
         try:
             self.dir.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,34 @@ def test_crash_mid_build_resumes_to_the_same_bytes(tmp_path, demo_corpus, debug_
     assert tree_bytes(out) == tree_bytes(debug_shards)
 
 
+def test_a_shard_left_half_written_by_a_killed_build_is_removed(tmp_path, demo_corpus, debug_vocab, debug_shards,
+                                                                monkeypatch):
+    """kill -9 during a shard leaves its temporary directory; the resumed build removes it, then finishes."""
+    import subprocess
+    import sys
+
+    from kobert_pretrain.fsutil import temporary_prefix
+
+    out = tmp_path / "s"
+    real = build_module.run_shard
+
+    def crashing(s, ranges, ctx=None):
+        if s == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real(s, ranges, ctx)
+
+    monkeypatch.setattr(build_module, "run_shard", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        build_shards(shards_config(demo_corpus, debug_vocab, out))
+    monkeypatch.setattr(build_module, "run_shard", real)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = out / f"{temporary_prefix(out / 'shard-00002')}{int(dead.stdout)}"
+    stale.mkdir()
+    (stale / "tokens.npy").write_bytes(b"half a shard")
+    build_shards(shards_config(demo_corpus, debug_vocab, out))
+    assert not stale.exists() and tree_bytes(out) == tree_bytes(debug_shards)
+
+
 def test_other_settings_never_overwrite(tmp_path, demo_corpus, debug_vocab, debug_shards):
     out = tmp_path / "s"
     shutil.copytree(debug_shards, out)

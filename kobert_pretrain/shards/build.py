@@ -580,7 +580,7 @@ def _check_output_dir(out: Path, fp: str, identity: dict) -> dict | None:
     entries = list(out.iterdir())
     shard_dirs = [p for p in entries if SHARD_DIR_RE.fullmatch(p.name)]
     others = [p.name for p in entries if p.name != "config.json"
-              and not SHARD_DIR_RE.fullmatch(p.name.split(".tmp-")[0])  # a shard the build was writing
+              and not SHARD_DIR_RE.fullmatch(p.name.split(".tmp-")[0].lstrip("."))  # a shard being written
               and not (p.name == WORK_DIR and not any(p.iterdir()))]
     if others or not shard_dirs:
         raise UserError(f"--out {out} already holds files that are not a shard set; choose a new directory")

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from kobert_pretrain.errors import UserError
-from kobert_pretrain.fsutil import atomic_dir, disk_full_error, sha256_file, verify_files
+from kobert_pretrain.fsutil import (atomic_dir, disk_full_error, remove_stale_temporaries, sha256_file,
+                                    temporary_prefix, verify_files)
 from kobert_pretrain.masking import MaskingSpec
 from kobert_pretrain.vocab import Vocab
 
@@ -136,7 +137,8 @@ class NpyStream:
 
 
 class ArrayDirWriter:
-    """Builds an array directory with `fsutil.atomic_dir` (a temporary sibling, renamed into place by `finish`).
+    """Builds an array directory with `fsutil.atomic_dir` (in the temporary sibling every output uses,
+    `.NAME.tmp-HOST-PID`, renamed into place by `finish`).
 
         with ArrayDirWriter(path) as writer:
             writer.write("offsets", offsets)              # a whole array
@@ -154,12 +156,14 @@ class ArrayDirWriter:
 
     def __init__(self, path: Path, durable: bool = True):
         self.path, self.durable = path, durable
-        self.tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        self.tmp = path.with_name(f"{temporary_prefix(path)}{os.getpid()}")
         self._streams: dict[str, NpyStream] = {}
         self._file = self.tmp  # the file being written, for the disk-full message
         self._building = None  # the open `atomic_dir`
 
     def __enter__(self) -> "ArrayDirWriter":
+        # what a killed build of this host left under the same name (kill -9: no cleanup ran)
+        remove_stale_temporaries(self.path.parent, temporary_prefix(self.path))
         building = atomic_dir(self.tmp, self.path, replace=True, durable=self.durable)
         try:
             building.__enter__()
