@@ -118,7 +118,7 @@ def measure(c: Config, split: Split, where: Path, vocab: Vocab, name: str) -> di
                       "characters_seen": text_tokens * chars_per_token, "bits_per_char": r["eval_mlm_bits_per_char"],
                       "mlm_loss_per_token": r["eval_mlm_loss"], "mlm_acc": r["eval_mlm_acc"],
                       "masked_tokens": r["eval_masked_tokens"], "masked_chars": r["eval_masked_chars"]})
-    speed = training_speed(run / "metrics.jsonl")
+    speed = training_speed(records)
     if speed["tokens_per_s"] is not None:
         speed["characters_per_s"] = speed["tokens_per_s"] * chars_per_token
     cost_dir = where / "cost"

@@ -8,7 +8,6 @@ over the whole vocabulary at every position, which only pretraining needs.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 import warnings
@@ -27,9 +26,9 @@ def parameter_counts(shape: ModelShape) -> dict:
     return {"parameters": total, "vocabulary_parameters": embedding, "vocabulary_share": embedding / total}
 
 
-def training_speed(metrics_file: Path) -> dict:
-    """Median sequences/s and tokens/s of the run's train records (the first window, with start-up, left out)."""
-    records = [json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+def training_speed(records: list[dict]) -> dict:
+    """Median sequences/s and tokens/s of a run's metrics.jsonl records (train records; the first window,
+    with start-up, left out)."""
     train = [r for r in records if r.get("kind") == "train"]
     timed = train[1:] or train
     if not timed:
