@@ -263,13 +263,14 @@ def find_checkpoint(source: str | Path) -> Checkpoint:
     manager = CheckpointManager(RunDir.of_checkpoint(source) if source.parent.name == CHECKPOINTS else RunDir(source))
     if source.exists() and not source.is_dir():
         raise UserError(f"{source} is a file, not a run or checkpoint directory")
+    if not source.exists():
+        there = [p.name for p in reversed(manager._candidates())] if source.parent.name == CHECKPOINTS else []
+        raise UserError(f"not found: {source}" + (f" ({source.parent} holds {', '.join(there)})" if there else ""))
     if (source / META).exists() or source.parent.name == CHECKPOINTS:
         ckpt, reason = manager.check(source)
         if ckpt is None:
             raise UserError(f"{source} is not a complete checkpoint ({reason})")
         return ckpt
-    if not source.is_dir():
-        raise UserError(f"not found: {source}")
     ckpt = manager.latest(report=True)
     if ckpt is None:
         raise UserError(f"{source} holds no complete checkpoint (expected {source / CHECKPOINTS}/step-XXXXXXXX/)")

@@ -348,6 +348,18 @@ def test_source_or_out_that_is_a_file(tmp_path, trained, demo_corpus):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+def test_missing_checkpoint_is_named_with_the_ones_there(tmp_path, trained):
+    from conftest import assert_one_line_error
+
+    missing = trained / "checkpoints" / "step-00009999"
+    there = ", ".join(sorted(p.name for p in (trained / "checkpoints").iterdir()))
+    assert_one_line_error(run_cli("convert", missing, "--out", tmp_path / "out"),
+                          f"kobert-pretrain: error: not found: {missing} ({trained / 'checkpoints'} holds {there})")
+    assert_one_line_error(run_cli("convert", tmp_path / "no-run", "--out", tmp_path / "out"),
+                          f"kobert-pretrain: error: not found: {tmp_path / 'no-run'}")
+    assert not (tmp_path / "out").exists()
+
+
 def test_full_disk_leaves_nothing(full_disk, trained):
     from conftest import assert_one_line_error
 
