@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from kobert_pretrain.shards import build as build_module
+from kobert_pretrain.shards import tasks as tasks_module
 from kobert_pretrain.shards import documents as documents_module
 from kobert_pretrain.shards import instances as instances_module
 from kobert_pretrain.shards import build_shards
@@ -84,8 +84,8 @@ BLOCK_SIZES = [pytest.param(None, id="default-blocks"), pytest.param((4000, 1500
 @pytest.fixture(params=BLOCK_SIZES)
 def block_tokens(request, monkeypatch):
     if request.param is not None:
-        monkeypatch.setattr(build_module, "SHARD_BLOCK_TOKENS", request.param[0])
-        monkeypatch.setattr(build_module, "READ_TOKENS", request.param[1])
+        monkeypatch.setattr(tasks_module, "SHARD_BLOCK_TOKENS", request.param[0])
+        monkeypatch.setattr(tasks_module, "READ_TOKENS", request.param[1])
         monkeypatch.setattr(documents_module, "ENCODE_BATCH", 50)
         monkeypatch.setattr(instances_module, "MATERIALIZE_BLOCK", 100)
     return request.param
@@ -118,11 +118,11 @@ import sys
 from pathlib import Path
 import numpy as np
 from kobert_pretrain.config import ShardsConfig
-from kobert_pretrain.shards import build
+from kobert_pretrain.shards import tasks
 
 out, ranges = Path(sys.argv[1]), eval(sys.argv[2])
-build.SHARD_BLOCK_TOKENS, build.READ_TOKENS = int(sys.argv[3]), int(sys.argv[4])
-ctx = build.TaskContext(cfg=ShardsConfig(max_seq_length=128, seed=7), vocab=None, spec=None,
+tasks.SHARD_BLOCK_TOKENS, tasks.READ_TOKENS = int(sys.argv[3]), int(sys.argv[4])
+ctx = tasks.TaskContext(cfg=ShardsConfig(max_seq_length=128, seed=7), vocab=None, spec=None,
                         dtype=np.dtype(np.uint16), fingerprint="probe", out=out)
 
 def status(field):
@@ -132,7 +132,7 @@ def status(field):
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 before = status("VmRSS:")
-build.run_shard(0, ranges, ctx=ctx)
+tasks.run_shard(0, ranges, ctx=ctx)
 print(before, status("VmHWM:"))
 """
 

@@ -27,18 +27,14 @@ block plus 4-20 bytes per instance of the shard, whatever the corpus and shard s
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
-import resource
 import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -49,36 +45,31 @@ from kobert_pretrain import distributed
 from kobert_pretrain.config import ShardsConfig
 from kobert_pretrain.errors import ConfigError, UserError
 from kobert_pretrain.fsutil import atomic_write_json, disk_full_error
-from kobert_pretrain.masking import MaskingSpec, mask_batch
-from kobert_pretrain.shards.documents import ChunkText, read_documents, tokenize_documents
 from kobert_pretrain.shards.format import (
     FORMAT,
     INDEX_FILE,
     SHARD_DIR_RE,
-    ArrayDirWriter,
     DiskFullError,
-    NpyReader,
     disk_full,
     read_array_meta,
     shard_name,
-    token_dtype,
     verify_array_dir,
-    write_array_dir,
 )
-from kobert_pretrain.shards.instances import create_pairs, materialize
+from kobert_pretrain.shards.identity import build_identity, fingerprint, identity_differences
+from kobert_pretrain.shards.tasks import (
+    TAG_CHUNK_ORDER,
+    WORK_DIR,
+    TaskContext,
+    chunk_dir,
+    init_worker,
+    make_context,
+    run_chunk,
+    run_shard,
+)
 from kobert_pretrain.text import record_boundary, resolve_inputs, warn
-from kobert_pretrain.vocab import CLS, SEP, SPECIAL_IDS, Vocab
+from kobert_pretrain.vocab import SPECIAL_IDS, Vocab
 
-WORK_DIR = ".work"
 PLAN_FILE = "plan.json"
-# Tags keep the random streams of different purposes apart: default_rng([seed, TAG, ...]).
-TAG_PAIRS, TAG_CHUNK_SHUFFLE, TAG_STATIC_MASK, TAG_CHUNK_ORDER, TAG_SHARD_SHUFFLE = 1, 2, 3, 4, 5
-MASK_BLOCK = 2048  # instances masked at a time in static mode: bounds the (block, 3, seq) draws
-# Phase 2 assembles a shard in output blocks of this many tokens (16 MB of uint16 ids, ~21 MB in memory
-# as one bytes object per row), each filled by one read of the shard's chunk data in windows of
-# READ_TOKENS: a 256 MB shard is 16 blocks, so 16 reads of 256 MB, mostly from the page cache (~2 s).
-SHARD_BLOCK_TOKENS = 1 << 23
-READ_TOKENS = 1 << 18
 
 
 # ---------------------------------------------------------------------------------------- plan
@@ -108,300 +99,6 @@ def plan_chunks(paths: list[Path], chunk_bytes: int, input_format: str) -> list[
     if current:
         chunks.append(current)
     return chunks
-
-
-# Covered by "inputs" (resolved files) and "vocab_sha256": how the user spelled them does not matter.
-SPELLED_PATHS = ("input", "vocab")
-
-
-def build_identity(cfg: ShardsConfig, vocab_sha256: str, paths: list[Path]) -> dict:
-    """What the output depends on: generation settings, the vocabulary's sha256, the resolved input files and sizes.
-
-    Paths as typed (relative or absolute, a glob or a list) are left out, so a resume does
-    not depend on how the same inputs and vocabulary are spelled.
-    """
-    settings = {k: v for k, v in cfg.generation_dict().items() if k not in SPELLED_PATHS}
-    return {"format": FORMAT, "config": settings, "vocab_sha256": vocab_sha256,
-            "inputs": [[str(p), p.stat().st_size] for p in paths]}
-
-
-def fingerprint(identity: dict) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-def identity_differences(old: dict, new: dict) -> list[str]:
-    """What differs between an existing build's identity (index.json or plan.json) and this run's."""
-    if not old:
-        return ["its settings are not recorded (it was started by an older kobert-pretrain)"]
-    diffs = []
-    if old.get("format") != new["format"]:
-        diffs.append(f"format {old.get('format')} vs {new['format']}")
-    old_inputs, new_inputs = old.get("inputs"), new["inputs"]
-    if old_inputs is not None and old_inputs != new_inputs:
-        old_sizes, new_sizes = dict(map(tuple, old_inputs)), dict(map(tuple, new_inputs))
-        parts = [f"{p} only there" for p in old_sizes if p not in new_sizes]
-        parts += [f"{p} only now" for p in new_sizes if p not in old_sizes]
-        parts += [f"{p} {old_sizes[p]:,} vs {new_sizes[p]:,} bytes" for p in new_sizes
-                  if p in old_sizes and old_sizes[p] != new_sizes[p]]
-        if not parts:
-            parts = ["the same files in another order"]
-        shown = parts[:3] + ([f"{len(parts) - 3} more"] if len(parts) > 3 else [])
-        diffs.append("inputs differ: " + ", ".join(shown))
-    if old.get("vocab_sha256") != new["vocab_sha256"]:
-        diffs.append(f"vocab sha256 differs: {str(old.get('vocab_sha256'))[:12]}... vs {new['vocab_sha256'][:12]}...")
-    old_config = {k: v for k, v in (old.get("config") or {}).items() if k not in SPELLED_PATHS}
-    for key in sorted(set(old_config) | set(new["config"])):
-        if old_config.get(key) != new["config"].get(key):
-            diffs.append(f"setting {key} {old_config.get(key)} vs {new['config'].get(key)}")
-    if not diffs:
-        diffs.append("it was made by another kobert-pretrain version (the fingerprint is computed differently)")
-    return diffs
-
-
-# --------------------------------------------------------------------------------------- tasks
-
-
-@dataclass
-class TaskContext:
-    """What every task needs; built once per worker process."""
-
-    cfg: ShardsConfig
-    vocab: Vocab
-    spec: MaskingSpec | None
-    dtype: np.dtype
-    fingerprint: str
-    out: Path
-
-    @property
-    def work(self) -> Path:
-        return self.out / WORK_DIR
-
-
-_CONTEXT: TaskContext | None = None
-
-
-def _init_worker(cfg: ShardsConfig, fp: str) -> None:
-    global _CONTEXT
-    _CONTEXT = make_context(cfg, fp)
-
-
-def make_context(cfg: ShardsConfig, fp: str) -> TaskContext:
-    vocab = Vocab.load(cfg.vocab)
-    spec = None
-    if cfg.masking == "static":
-        spec = MaskingSpec.from_vocab(vocab, cfg.masked_lm_prob, cfg.max_predictions_per_seq, cfg.whole_word_mask)
-    return TaskContext(cfg=cfg, vocab=vocab, spec=spec, dtype=token_dtype(vocab.size), fingerprint=fp,
-                       out=Path(cfg.out))
-
-
-def chunk_dir(work: Path, c: int) -> Path:
-    return work / f"chunk-{c:06d}"
-
-
-def run_chunk(c: int, segments: list[tuple[str, int, int]], ctx: TaskContext | None = None) -> dict:
-    """Phase 1 task: one chunk of text -> its instances in OUT/.work/chunk-c (skipped if already there)."""
-    ctx = ctx or _CONTEXT
-    path = chunk_dir(ctx.work, c)
-    meta = verify_array_dir(path, ctx.fingerprint)
-    if meta is not None:
-        return dict(meta, skipped=True, peak_rss_mb=peak_rss_mb())
-    cfg = ctx.cfg
-    counters = ChunkText()
-    documents = read_documents(segments, cfg.input_format, counters)
-    chunk = tokenize_documents(documents, ctx.vocab.sp, max_sentence_tokens=cfg.max_seq_length - 3)
-    del documents  # the chunk's text as Python strings: ~2.5x its bytes
-    if chunk.num_documents:
-        pairs = np.concatenate([
-            create_pairs(chunk, cfg.max_seq_length, cfg.short_seq_prob, cfg.random_next_prob,
-                         np.random.default_rng([cfg.seed, TAG_PAIRS, c, p]))
-            for p in range(cfg.dupe_factor)
-        ])
-    else:
-        pairs = np.zeros((0, 5), dtype=np.int64)
-    pairs = pairs[np.random.default_rng([cfg.seed, TAG_CHUNK_SHUFFLE, c]).permutation(len(pairs))]
-    tokens, offsets, len_a = materialize(chunk.tokens, pairs, SPECIAL_IDS[CLS], SPECIAL_IDS[SEP], ctx.dtype)
-    arrays = {"offsets": offsets, "len_a": len_a.astype(np.uint16), "nsp": pairs[:, 4].astype(np.uint8)}
-    if ctx.spec is not None:
-        tokens, mlm = static_mask(tokens, offsets, len_a, ctx.spec, cfg, np.random.default_rng([cfg.seed, TAG_STATIC_MASK, c]))
-        arrays.update(mlm_positions=mlm[0], mlm_labels=mlm[1].astype(ctx.dtype), mlm_offsets=mlm[2])
-    arrays["tokens"] = tokens
-    meta = {
-        "chunk": c,
-        "fingerprint": ctx.fingerprint,
-        "num_instances": int(len(pairs)),
-        "num_tokens": int(len(tokens)),
-        "num_random_next": int(pairs[:, 4].sum()),
-        "num_documents": int(chunk.num_documents),
-        "num_sentences": int(len(chunk.sent_len)),
-        "text_tokens": int(len(chunk.tokens)),
-        "bytes": counters.bytes,
-        "lines": counters.lines,
-        "undecodable_lines": counters.undecodable_lines,
-        "undecodable_by_file": counters.undecodable_by_file,
-    }
-    # Not fsynced: every reuse of a chunk directory checks its sha256 first.
-    return dict(write_array_dir(path, arrays, meta, durable=False), skipped=False, peak_rss_mb=peak_rss_mb())
-
-
-def static_mask(tokens, offsets, len_a, spec: MaskingSpec, cfg: ShardsConfig, rng: np.random.Generator):
-    """Mask every instance once (static mode): masked token stream plus (positions, labels, offsets)."""
-    n = len(offsets) - 1
-    lengths = np.diff(offsets)
-    out = tokens.copy()
-    positions_parts, labels_parts, counts = [], [], np.zeros(n, dtype=np.int64)
-    L = cfg.max_seq_length
-    for lo in range(0, n, MASK_BLOCK):
-        hi = min(n, lo + MASK_BLOCK)
-        block_len = lengths[lo:hi]
-        batch = np.full((hi - lo, L), SPECIAL_IDS["[PAD]"], dtype=np.int64)
-        valid = np.arange(L)[None, :] < block_len[:, None]
-        batch[valid] = tokens[offsets[lo]:offsets[hi]]
-        masked, pos, lab, w = mask_batch(batch, block_len, len_a[lo:hi].astype(np.int64), spec,
-                                         rng.random((hi - lo, 3, L)))
-        out[offsets[lo]:offsets[hi]] = masked[valid]
-        keep = w > 0
-        counts[lo:hi] = keep.sum(axis=1)
-        positions_parts.append(pos[keep])
-        labels_parts.append(lab[keep])
-    mlm_offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=mlm_offsets[1:])
-    positions = np.concatenate(positions_parts) if positions_parts else np.zeros(0, np.int32)
-    labels = np.concatenate(labels_parts) if labels_parts else np.zeros(0, np.int32)
-    return out, (positions.astype(np.uint16), labels, mlm_offsets)
-
-
-class _ChunkSource:
-    """Instances [lo, hi) of one chunk directory; its arrays are read in ranges, not held."""
-
-    def __init__(self, path: Path, lo: int, hi: int, out: Path):
-        if read_array_meta(path) is None:
-            raise UserError(f"{path} is missing: remove {out} and run the shards command again")
-        self.lo, self.hi = lo, hi
-        self.files: dict[str, NpyReader] = {}
-        try:
-            for f in sorted(path.glob("*.npy")):
-                self.files[f.stem] = NpyReader(f)
-        except BaseException:
-            self.close()
-            raise
-
-    def read(self, name: str, lo: int, hi: int) -> np.ndarray:
-        return self.files[name].read(lo, hi)
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-
-
-def run_shard(s: int, ranges: list[tuple[int, int, int]], ctx: TaskContext | None = None) -> dict:
-    """Phase 2 task: gather instance ranges (chunk, lo, hi) from chunk files, shuffle, write shard s.
-
-    The shard's instances, ranges concatenated, are numbered 0..n-1 and permuted with
-    default_rng([seed, TAG_SHARD_SHUFFLE, s]). Only per-instance arrays are held whole: about 20
-    bytes an instance while the offsets are written, then 4 (each input instance's output position),
-    against ~220 bytes of tokens an instance at seq 128. The token data (and static masks) are
-    assembled in output blocks of about SHARD_BLOCK_TOKENS tokens: for each block, one pass reads
-    the chunk files in windows of READ_TOKENS and copies out the rows that belong to it, which are
-    then appended to the output. So memory is one block plus one window whatever the shard's size,
-    and a shard of T tokens costs ceil(T / SHARD_BLOCK_TOKENS) sequential reads of its chunk data
-    (from the page cache, as a rule).
-    """
-    ctx = ctx or _CONTEXT
-    path = ctx.out / shard_name(s)
-    meta = verify_array_dir(path, ctx.fingerprint)
-    if meta is not None:
-        return dict(meta, skipped=True, peak_rss_mb=peak_rss_mb())
-    sources: list[_ChunkSource] = []
-    try:
-        for c, lo, hi in ranges:
-            sources.append(_ChunkSource(chunk_dir(ctx.work, c), lo, hi, ctx.out))
-        meta = _write_shard(path, s, sources, ctx)
-    finally:
-        for src in sources:
-            src.close()
-    return dict(meta, skipped=False, peak_rss_mb=peak_rss_mb())
-
-
-def _write_shard(path: Path, s: int, sources: list[_ChunkSource], ctx: TaskContext) -> dict:
-    first = np.cumsum([0] + [src.hi - src.lo for src in sources])  # shard index of each source's first instance
-    n = int(first[-1])
-    perm = np.random.default_rng([ctx.cfg.seed, TAG_SHARD_SHUFFLE, s]).permutation(n)
-    index_dtype = np.int32 if n < 2**31 else np.int64  # half the memory of the int64 permutation
-    perm = perm.astype(index_dtype)
-    # The variable-length arrays, each with the offsets array that cuts it into instances.
-    ragged = {"tokens": "offsets"}
-    if "mlm_offsets" in sources[0].files:
-        ragged.update(mlm_positions="mlm_offsets", mlm_labels="mlm_offsets")
-    with ArrayDirWriter(path) as writer:
-        for name in ("len_a", "nsp"):
-            writer.write(name, np.concatenate([src.read(name, src.lo, src.hi) for src in sources])[perm])
-        totals = {}
-        for by in dict.fromkeys(ragged.values()):
-            # (n,) rows per instance in input order (<= max_seq_length: int32)
-            lengths = np.concatenate([np.diff(src.read(by, src.lo, src.hi + 1)).astype(np.int32) for src in sources])
-            offsets = np.zeros(n + 1, dtype=np.int64)
-            np.cumsum(lengths[perm], out=offsets[1:])
-            del lengths
-            writer.write(by, offsets)
-            totals[by] = int(offsets[-1])
-            if by == "offsets":
-                # Output blocks: runs of whole instances cut at every SHARD_BLOCK_TOKENS-th token.
-                cuts = np.unique(np.searchsorted(offsets, np.arange(0, offsets[-1], SHARD_BLOCK_TOKENS),
-                                                 side="right") - 1).tolist() + [n]
-            del offsets
-        position = np.empty(n, dtype=index_dtype)  # (n,) output position of each input instance
-        position[perm] = np.arange(n, dtype=index_dtype)
-        del perm
-        streams = {name: writer.stream(name, sources[0].files[name].dtype, totals[by]) for name, by in ragged.items()}
-        step = max(1, READ_TOKENS // ctx.cfg.max_seq_length)  # instances read at a time
-        for lo, hi in zip(cuts[:-1], cuts[1:]):
-            # One pass over the shard's chunk data: each output row of [lo, hi), copied out as bytes.
-            rows: dict[str, list] = {name: [b""] * (hi - lo) for name in ragged}
-            for src, base in zip(sources, first.tolist()):
-                for a in range(src.lo, src.hi, step):
-                    b = min(src.hi, a + step)
-                    where = position[base + a - src.lo:base + b - src.lo]
-                    wanted = np.flatnonzero((where >= lo) & (where < hi))
-                    if len(wanted) == 0:
-                        continue
-                    slots = (where[wanted] - lo).tolist()
-                    for by in dict.fromkeys(ragged.values()):
-                        offsets = src.read(by, a, b + 1)
-                        row_starts = (offsets[wanted] - offsets[0]).tolist()
-                        row_ends = (offsets[wanted + 1] - offsets[0]).tolist()
-                        for name in (name for name, of in ragged.items() if of == by):
-                            window = src.read(name, offsets[0], offsets[-1])
-                            _take_rows(rows[name], slots, window, row_starts, row_ends)
-            for name, pieces in rows.items():
-                streams[name].append_bytes(pieces)
-        return writer.finish({"shard": s, "fingerprint": ctx.fingerprint, "num_instances": n,
-                              "num_tokens": totals["offsets"]})
-
-
-def _take_rows(pieces: list, slots: list[int], window: np.ndarray, starts: list[int], ends: list[int]) -> None:
-    """pieces[slots[i]] = the bytes of window[starts[i]:ends[i]] for all i.
-
-    Row by row in Python, yet ~6x faster than building per-token index arrays (14 vs 85 ns a token
-    at seq 128 on the 2-core VM): a row is one slice and one copy.
-    """
-    data = memoryview(window).cast("B")
-    size = window.dtype.itemsize
-    for slot, start, end in zip(slots, starts, ends):
-        pieces[slot] = bytes(data[start * size:end * size])
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB.
-
-    VmHWM, the high-water mark of this process's own memory: getrusage's ru_maxrss would also count
-    the memory of the process that spawned it. Never reset (clear_refs could), so that `time -v` and
-    other outside measurements of a run stay right.
-    """
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 # ---------------------------------------------------------------------------------- the stage
@@ -652,7 +349,7 @@ class _Workers:
             return (fn(*task, ctx=self.ctx) for task in tasks)
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=self.count, mp_context=get_context("spawn"),
-                                             initializer=_init_worker, initargs=(self.ctx.cfg, self.ctx.fingerprint))
+                                             initializer=init_worker, initargs=(self.ctx.cfg, self.ctx.fingerprint))
         return self._pool.map(fn, *zip(*tasks))
 
     def __exit__(self, *exc) -> None:
