@@ -1,15 +1,17 @@
 """One config dataclass per stage, loaded from TOML and overridable on the CLI.
 
 Precedence: CLI (`--section.field=value` or a plain flag such as `--vocab-size`)
-> TOML file (`[section]` tables, see `configs/`) > the defaults below.
+> TOML file (`[section]` tables, see `configs/`) > the defaults in the section classes.
 Every field carries a one-line help text with its unit; `kobert-pretrain
 SUBCOMMAND --help` lists them. Problems are collected and reported together
 (`ConfigError`), before any stage starts work.
+
+    options.py      `opt` (a field with help text and bounds), the bounds check, to_dict, config_hash
+    pretraining.py  the sections of prepare, vocab, shards, model, train, log, checkpoint
+    downstream.py   the sections of convert, finetune, evaluate, study
+    load.py         SECTIONS, Config, field_help, load_config (TOML + CLI overrides)
 """
 
-
-
-from kobert_pretrain.errors import ConfigError
 from kobert_pretrain.config.options import (
     bounds_problems,
     bounds_text,
@@ -55,6 +57,7 @@ from kobert_pretrain.config.load import (
     load_config,
     parse_override,
 )
+from kobert_pretrain.errors import ConfigError
 
 __all__ = [
     "CheckpointConfig",

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kobert_pretrain.errors import ConfigError, UserError
 from kobert_pretrain.config.downstream import (
     ConvertConfig,
     EvaluateConfig,
@@ -28,6 +27,7 @@ from kobert_pretrain.config.pretraining import (
     TrainConfig,
     VocabConfig,
 )
+from kobert_pretrain.errors import ConfigError, UserError
 
 
 # Sections of a config file, in pipeline order.
