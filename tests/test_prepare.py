@@ -12,7 +12,10 @@ from conftest import ROOT, assert_one_line_error, run_cli, tree_bytes
 
 from kobert_pretrain.config import load_config
 from kobert_pretrain.errors import UserError
-from kobert_pretrain.prepare import build, prepare
+from kobert_pretrain.prepare import build, prepare, tasks, workdir
+from kobert_pretrain.prepare.readers import plan_tasks
+from kobert_pretrain.prepare.split import Splitter
+from kobert_pretrain.text import resolve_inputs
 from test_prepare_dedup import RAIN_A, RAIN_B, rain_a_retitled
 
 FOOTER = "ⓒ 한국뉴스 무단전재 및 재배포 금지"
@@ -60,7 +63,7 @@ def test_news_corpus_exact_output(tmp_path):
     out = prepare(config(news_corpus(tmp_path), tmp_path / "out", "--prepare.boilerplate_min_docs=5"))
     expected_articles = [f"{i}번째 기사입니다.\n오늘 {i}시 {i * 7}분에 {i}번 사건이 일어났다고 경찰이 밝혔다.\n\n"
                          for i in range(6)]
-    rule = lambda text: "\n".join(s for line in text.split("\n") for s in build.Splitter("rule").split(line))  # noqa
+    rule = lambda text: "\n".join(s for line in text.split("\n") for s in Splitter("rule").split(line))  # noqa
     assert output_text(out) == (
         rule(RAIN_A) + "\n\n" + "".join(expected_articles[:3]) + rule(RAIN_B) + "\n\n" + "".join(expected_articles[3:])
         + "자세한 내용은 에서 확인할 수 있다고 회사 측은 전했다!!!\n\n"
@@ -79,7 +82,7 @@ def test_news_corpus_exact_output(tmp_path):
     html = (out / "report.html").read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == 4 and FOOTER in html
     assert json.loads((out / "config.json").read_text())["boilerplate_min_docs"] == 5
-    assert not build.work_dir_of(out).exists()
+    assert not workdir.work_dir_of(out).exists()
 
 
 def without_timings(tree: dict[str, bytes]) -> dict[str, bytes]:
@@ -103,7 +106,7 @@ def test_same_bytes_with_one_and_two_workers(tmp_path):
     report = json.loads(one["report.json"])
     assert report["output"]["documents"] == 9 + 120
     assert len(report["parts"]) > 2 and max(p["bytes"] for p in report["parts"]) <= 3000
-    assert len(build.plan_tasks(build.resolve_inputs(list(map(str, inputs))), "auto", "blank_line", 2000)) > 4
+    assert len(plan_tasks(resolve_inputs(list(map(str, inputs))), "auto", "blank_line", 2000)) > 4
 
 
 def test_parts_feed_vocab_and_shards_directly(tmp_path, debug_vocab):
@@ -128,29 +131,29 @@ def test_resume_after_a_kill_skips_finished_tasks_and_gives_the_same_output(tmp_
     args = ("--prepare.chunk_mb=0.001",)
     reference = prepare(config(inputs, tmp_path / "reference", *args))
 
-    real_filter = build.run_filter
+    real_filter = tasks.run_filter
 
     def killed_on_task_2(t, ctx=None):
         if t == 2:
             raise KeyboardInterrupt
         return real_filter(t, ctx=ctx)
 
-    monkeypatch.setattr(build, "run_filter", killed_on_task_2)
+    monkeypatch.setattr(tasks, "run_filter", killed_on_task_2)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         prepare(config(inputs, out, *args))
     assert not out.exists()
-    work = build.work_dir_of(out)
+    work = workdir.work_dir_of(out)
     assert sorted(p.name for p in (work / "filter").iterdir()) == ["task-000000", "task-000001"]
     assert [p.name for p in (work / "filter").iterdir() if ".tmp-" in p.name] == []
 
     num_tasks = len(list((work / "clean").iterdir()))
     assert num_tasks > 3
     published = []
-    real_publish = build._publish
-    monkeypatch.setattr(build, "_publish", lambda tmp, final, meta: published.append(final.relative_to(work))
+    real_publish = workdir.publish
+    monkeypatch.setattr(workdir, "publish", lambda tmp, final, meta: published.append(final.relative_to(work))
                         or real_publish(tmp, final, meta))
-    monkeypatch.setattr(build, "run_filter", real_filter)
+    monkeypatch.setattr(tasks, "run_filter", real_filter)
     prepare(config(inputs, out, *args))
     # Only what the kill left undone was redone: no clean task, the filter tasks from 2 on, the dedup.
     assert published == [Path("filter") / f"task-{t:06d}" for t in range(2, num_tasks)] + [Path("dedup")]
@@ -161,9 +164,9 @@ def test_resume_after_a_kill_skips_finished_tasks_and_gives_the_same_output(tmp_
 def test_resume_refuses_work_of_other_settings(tmp_path):
     inputs = news_corpus(tmp_path)
     out = tmp_path / "out"
-    work = build.work_dir_of(out)
+    work = workdir.work_dir_of(out)
     work.mkdir()
-    (work / build.PLAN_FILE).write_text(json.dumps({"fingerprint": "other"}))
+    (work / workdir.PLAN_FILE).write_text(json.dumps({"fingerprint": "other"}))
     with pytest.raises(UserError, match="holds an interrupted prepare of other inputs or settings"):
         prepare(config(inputs, out))
 
@@ -177,7 +180,7 @@ def test_full_disk_leaves_no_output_and_keeps_the_work(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"no space left on device while writing .*out; the finished work is kept"):
         prepare(config(news_corpus(tmp_path), out))
     assert not out.exists()
-    assert (build.work_dir_of(out) / "dedup").is_dir()
+    assert (workdir.work_dir_of(out) / "dedup").is_dir()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")] == []
 
 
@@ -186,7 +189,7 @@ def test_nothing_left_is_one_line(tmp_path):
     path.write_text('{"text": "짧다"}\n{"text": 1}\n', encoding="utf-8")
     result = run_cli("prepare", "--input", path, "--out", tmp_path / "out", "--prepare.splitter=rule")
     assert_one_line_error(result, "no text is left", "min_document_chars")
-    assert not (tmp_path / "out").exists() and not build.work_dir_of(tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not workdir.work_dir_of(tmp_path / "out").exists()
 
 
 def test_only_bad_records_is_one_line(tmp_path):
@@ -301,7 +304,7 @@ def test_sigkill_mid_run_then_the_same_command_resumes(tmp_path):
             "--prepare.chunk_mb=0.0005"]
     reference = prepare(config(inputs, tmp_path / "reference", "--prepare.chunk_mb=0.0005",
                                "--prepare.splitter=kiwi"))
-    work = build.work_dir_of(tmp_path / "out")
+    work = workdir.work_dir_of(tmp_path / "out")
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while len(list((work / "clean").glob("task-??????"))) < 2 and time.time() < deadline:
@@ -310,7 +313,7 @@ def test_sigkill_mid_run_then_the_same_command_resumes(tmp_path):
     proc.wait()
     assert not (tmp_path / "out").exists()
     done = len(list((work / "clean").glob("task-??????")))
-    assert 2 <= done < len(build.plan_tasks([p.resolve() for p in inputs], "auto", "blank_line", 500))
+    assert 2 <= done < len(plan_tasks([p.resolve() for p in inputs], "auto", "blank_line", 500))
     result = run_cli(*args[3:])
     assert result.returncode == 0, result.stderr
     assert without_timings(tree_bytes(tmp_path / "out")) == without_timings(tree_bytes(reference))

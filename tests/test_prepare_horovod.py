@@ -7,7 +7,7 @@ from conftest import ROOT, tree_bytes
 from test_horovod_shards import horovodrun
 from test_prepare import config, news_corpus, numbered_documents, without_timings
 
-from kobert_pretrain.prepare import build, prepare
+from kobert_pretrain.prepare import prepare, workdir
 
 pytestmark = pytest.mark.horovod
 
@@ -21,4 +21,4 @@ def test_two_ranks_write_the_same_corpus_as_one_process(tmp_path):
                         *[a for p in inputs for a in ("--input", p)], "--out", out, *overrides)
     assert result.returncode == 0, result.stdout + result.stderr
     assert without_timings(tree_bytes(out)) == without_timings(tree_bytes(one))
-    assert not build.work_dir_of(out).exists()
+    assert not workdir.work_dir_of(out).exists()

@@ -6,6 +6,9 @@
     dedup    exact documents and sentences by hash; near-duplicate documents by MinHash LSH
     output   parts of bounded size in the shards' input convention; output statistics
     report   report.json and report.html (matplotlib plots, samples of removed text)
+    workdir  the work directory: fingerprint, results published whole, found again on resume
+    tasks    the per-task phases (clean, filter), run by worker processes and ranks
+    corpus_wide  the rank-0 phases: boilerplate, deduplication decisions, writing the parts
     build    the phases, workers and Horovod ranks, resume: `prepare(cfg)`
 """
 
