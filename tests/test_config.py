@@ -139,3 +139,29 @@ def test_cli_help_lists_every_field():
 def test_resolved_config_written_beside_output(debug_vocab):
     resolved = json.loads(Path(debug_vocab, "config.json").read_text())
     assert resolved == {**resolved, "vocab_size": 1000, "seed": 42, "model_type": "unigram"}
+
+
+MISSING = {
+    "prepare": ["prepare.input: give at least one --input file, glob or directory",
+                "prepare.out: give an output directory with --out"],
+    "vocab": ["vocab.input: give at least one --input file, glob or directory",
+              "vocab.out: give an output directory with --out"],
+    "shards": ["shards.input: give at least one --input file, glob or directory",
+               "shards.vocab: give the vocabulary directory with --vocab",
+               "shards.out: give an output directory with --out"],
+    "train": ["train.shards: give the shard directory with --shards", "train.out: give a run directory with --out"],
+    "convert": ["convert.source: give a checkpoint or run directory", "convert.out: give an output directory with --out"],
+    "study": ["study.input: give at least one --input file, glob or directory",
+              "study.out: give a study directory with --out",
+              "study.sizes: give at least one size, e.g. --sizes 4000,8002"],
+}
+
+
+@pytest.mark.parametrize("section", sorted(MISSING))
+def test_missing_paths_are_named_first_in_field_order(section):
+    cfg = SECTIONS[section]()
+    if section == "study":
+        cfg.sizes = []
+    problems = cfg.validate()
+    assert problems[:len(MISSING[section])] == MISSING[section]
+    assert not any(p.endswith(("--out", "--vocab", "--shards", "directory")) for p in problems[len(MISSING[section]):])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kobert_pretrain.config.options import bounds_problems, opt
+from kobert_pretrain.config.options import GIVE_INPUT, GIVE_OUT, bounds_problems, missing_problems, opt
 from kobert_pretrain.config.pretraining import SPM_MODEL_TYPES
 
 
@@ -23,11 +23,7 @@ class ConvertConfig:
     seed: int = opt(0, "seed of the parity batches")
 
     def validate(self) -> list[str]:
-        problems = []
-        if not self.source:
-            problems.append("convert.source: give a checkpoint or run directory")
-        if not self.out:
-            problems.append("convert.out: give an output directory with --out")
+        problems = missing_problems("convert", self, source="give a checkpoint or run directory", out=GIVE_OUT)
         return problems + bounds_problems("convert", self)
 
 
@@ -155,14 +151,9 @@ class StudyConfig:
     latency_threads: int = opt(1, "onnxruntime intra-op threads for the latency measurement", min=1)
 
     def validate(self) -> list[str]:
-        problems = []
-        if not self.input:
-            problems.append("study.input: give at least one --input file, glob or directory")
-        if not self.out:
-            problems.append("study.out: give a study directory with --out")
-        if not self.sizes:
-            problems.append("study.sizes: give at least one size, e.g. --sizes 4000,8002")
-        elif len(set(self.sizes)) != len(self.sizes) or min(self.sizes) <= 5:
+        problems = missing_problems("study", self, input=GIVE_INPUT, out="give a study directory with --out",
+                                    sizes="give at least one size, e.g. --sizes 4000,8002")
+        if self.sizes and (len(set(self.sizes)) != len(self.sizes) or min(self.sizes) <= 5):
             problems.append(f"study.sizes={','.join(map(str, self.sizes))}: must be distinct and > 5 "
                             "(5 ids are special tokens)")
         bad = [t for t in self.model_types if t not in SPM_MODEL_TYPES]

@@ -67,6 +67,16 @@ def bounds_problems(section: str, obj: Any) -> list[str]:
     return problems
 
 
+# What a missing path option says, the same for every stage.
+GIVE_INPUT = "give at least one --input file, glob or directory"
+GIVE_OUT = "give an output directory with --out"
+
+
+def missing_problems(section: str, obj: Any, **hints: str) -> list[str]:
+    """`section.field: hint` for every named field of `obj` that is empty, in the order given."""
+    return [f"{section}.{name}: {hint}" for name, hint in hints.items() if not getattr(obj, name)]
+
+
 def to_dict(obj: Any) -> dict:
     return dataclasses.asdict(obj)
 

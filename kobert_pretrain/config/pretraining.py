@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kobert_pretrain.config.options import bounds_problems, opt, to_dict
+from kobert_pretrain.config.options import GIVE_INPUT, GIVE_OUT, bounds_problems, missing_problems, opt, to_dict
 
 
 SPM_MODEL_TYPES = ("unigram", "bpe")
@@ -58,11 +58,7 @@ class PrepareConfig:
     seed: int = opt(1, "seed of the MinHash permutations and the report's samples")
 
     def validate(self) -> list[str]:
-        problems = []
-        if not self.input:
-            problems.append("prepare.input: give at least one --input file, glob or directory")
-        if not self.out:
-            problems.append("prepare.out: give an output directory with --out")
+        problems = missing_problems("prepare", self, input=GIVE_INPUT, out=GIVE_OUT)
         for name, allowed in (("format", PREPARE_FORMATS), ("text_documents", TEXT_DOCUMENTS),
                               ("splitter", SPLITTERS)):
             if getattr(self, name) not in allowed:
@@ -128,11 +124,7 @@ class VocabConfig:
     seed: int = opt(42, "seed of SentencePiece's sentence sampling", min=0)
 
     def validate(self) -> list[str]:
-        problems = []
-        if not self.input:
-            problems.append("vocab.input: give at least one --input file, glob or directory")
-        if not self.out:
-            problems.append("vocab.out: give an output directory with --out")
+        problems = missing_problems("vocab", self, input=GIVE_INPUT, out=GIVE_OUT)
         return problems + bounds_problems("vocab", self)
 
 
@@ -177,13 +169,8 @@ class ShardsConfig:
     seed: int = opt(12345, "seed of pairing, truncation, static masks and shuffling", min=0)
 
     def validate(self) -> list[str]:
-        problems = []
-        if not self.input:
-            problems.append("shards.input: give at least one --input file, glob or directory")
-        if not self.vocab:
-            problems.append("shards.vocab: give the vocabulary directory with --vocab")
-        if not self.out:
-            problems.append("shards.out: give an output directory with --out")
+        problems = missing_problems("shards", self, input=GIVE_INPUT,
+                                    vocab="give the vocabulary directory with --vocab", out=GIVE_OUT)
         problems += bounds_problems("shards", self)
         if not 1 <= self.max_predictions_per_seq <= self.max_seq_length - 3:
             problems.append(
@@ -301,11 +288,8 @@ class TrainConfig:
     seed: int = opt(0, "seed of initialisation, data order, dynamic masks and dropout", min=0)
 
     def validate(self) -> list[str]:
-        problems = []
-        if not self.shards:
-            problems.append("train.shards: give the shard directory with --shards")
-        if not self.out:
-            problems.append("train.out: give a run directory with --out")
+        problems = missing_problems("train", self, shards="give the shard directory with --shards",
+                                    out="give a run directory with --out")
         problems += bounds_problems("train", self)
         if not 0 <= self.end_lr <= self.lr:
             problems.append(f"train.end_lr={self.end_lr}: must be in [0, lr]")
