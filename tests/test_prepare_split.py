@@ -54,14 +54,15 @@ def test_same_text_ignores_whitespace_only():
     assert not same_text(["가 나!"], "가 나.")
 
 
-@pytest.mark.parametrize("text", [
-    "첫 문장. 둘째 문장? 셋째!",
-    "원주율은 3.14이다. \"정말?\" 그렇다.” 다음",
-    "끝에 공백이 없다.",
-    "전각 마침표．다음 문장。 그리고",
+@pytest.mark.parametrize("text, sentences", [
+    ("첫 문장. 둘째 문장? 셋째!", ["첫 문장.", "둘째 문장?", "셋째!"]),
+    ("원주율은 3.14이다. \"정말?\" 그렇다.” 다음", ["원주율은 3.14이다.", "\"정말?\"", "그렇다.”", "다음"]),
+    ("끝에 공백이 없다.", ["끝에 공백이 없다."]),
+    ("전각 마침표．다음 문장。 그리고", ["전각 마침표．다음 문장。", "그리고"]),  # a stop needs a space after it
 ])
-def test_rule_split_is_the_shards_rule(text):
-    assert rule_split(text) == shards_rule(text)
+def test_the_rule_fallback_splits_as_the_shards_stage(text, sentences):
+    assert rule_split(text) == sentences
+    assert shards_rule(text) == sentences
 
 
 def test_rule_splitter():
