@@ -166,3 +166,18 @@ def test_missing_paths_are_named_first_in_field_order(section):
     problems = cfg.validate()
     assert problems[:len(MISSING[section])] == MISSING[section]
     assert not any(p.endswith(("--out", "--vocab", "--shards", "directory")) for p in problems[len(MISSING[section]):])
+
+
+def test_finetune_and_evaluate_bounds_are_checked_and_shown():
+    from kobert_pretrain.config import EvaluateConfig, FinetuneConfig
+
+    bad = FinetuneConfig(lr=0.0, warmup_ratio=1.0, clip_grad_norm=-1.0, epochs=0, device="gpu", cpu_threads=-2)
+    assert bad.validate() == [
+        "finetune.epochs=0: must be >= 1", "finetune.lr=0.0: must be > 0",
+        "finetune.warmup_ratio=1.0: must be in [0, 1)",
+        "finetune.clip_grad_norm=-1.0: must be >= 0", "finetune.device='gpu': must be one of auto, cpu, cuda",
+        "finetune.cpu_threads=-2: must be >= 0 (0 = torch's default)"]
+    assert EvaluateConfig(every=-1, steps=[5]).validate() == [
+        "evaluate.every=-1: must be >= 0", "evaluate: give --every K or --steps N,M,..., not both"]
+    help_text = {name: text for name, _, _, text in field_help(FinetuneConfig)}
+    assert help_text["warmup_ratio"].endswith("[in [0, 1)]") and help_text["lr"].endswith("[> 0]")

@@ -45,7 +45,7 @@ class FinetuneConfig:
     release: str = opt("", "release directory written by `kobert-pretrain convert`")
     out: str = opt("", "output directory for results.json and results.md; must be new or empty")
     task: str = opt("auto", "auto (from the header), sentence-classification, pair-classification or "
-                            "pair-regression; nsmc, kornli, korsts name the same three")
+                            "pair-regression; nsmc, kornli, korsts name the same three", choices=FINETUNE_TASKS)
     train: str = opt("", "training file: tab-separated, header row (NSMC, KorNLI or KorSTS format)")
     dev: str = opt("", "development file, same columns: picks the best epoch")
     test: str = opt("", "test file, same columns; scored once, at the epoch chosen on dev; empty = none")
@@ -54,51 +54,35 @@ class FinetuneConfig:
     label_column: str = opt("", "column of the label; empty = label, gold_label or score (by task)")
     labels: list[str] = opt([], "class labels in id order; empty = the training file's labels, sorted "
                                 "(numerically when all are integers)")
-    max_seq_length: int = opt(64, "tokens per example, [CLS] and [SEP] included; longer ones are truncated")
-    batch_size: int = opt(64, "training examples per optimizer step")
-    eval_batch_size: int = opt(256, "examples per forward pass on dev and test")
-    epochs: int = opt(5, "passes over the training file; the best one on dev is kept")
-    lr: float = opt(5e-5, "peak learning rate of AdamW")
-    warmup_ratio: float = opt(0.1, "fraction of all steps with linear warm-up from 0 to lr; then linear decay to 0")
-    weight_decay: float = opt(0.01, "decoupled weight decay; not applied to LayerNorm weights and biases")
-    clip_grad_norm: float = opt(1.0, "clip the global gradient norm to this; 0 = off")
+    max_seq_length: int = opt(64, "tokens per example, [CLS] and [SEP] included; longer ones are truncated",
+                              min=8, max=65535)
+    batch_size: int = opt(64, "training examples per optimizer step", min=1)
+    eval_batch_size: int = opt(256, "examples per forward pass on dev and test", min=1)
+    epochs: int = opt(5, "passes over the training file; the best one on dev is kept", min=1)
+    lr: float = opt(5e-5, "peak learning rate of AdamW", min=0, open_min=True)
+    warmup_ratio: float = opt(0.1, "fraction of all steps with linear warm-up from 0 to lr; then linear decay to 0",
+                              min=0, max=1, open_max=True)
+    weight_decay: float = opt(0.01, "decoupled weight decay; not applied to LayerNorm weights and biases", min=0)
+    clip_grad_norm: float = opt(1.0, "clip the global gradient norm to this; 0 = off", min=0)
     seeds: list[int] = opt([1], "seeds, one fine-tuning run each (classifier init, dropout, data order); "
                                 "reports give mean +- sd over them")
     from_scratch: bool = opt(False, "also fine-tune the same architecture and tokenizer from random weights with "
                                     "the same recipe: the baseline shown beside the pretrained score")
-    device: str = opt("auto", "auto (cuda when torch.cuda.is_available()), cpu or cuda")
-    max_train_examples: int = opt(0, "use only the first N training examples; 0 = all")
-    cpu_threads: int = opt(0, "torch CPU threads (torch.set_num_threads); 0 = torch's default, one per core")
+    device: str = opt("auto", "auto (cuda when torch.cuda.is_available()), cpu or cuda", choices=FINETUNE_DEVICES)
+    max_train_examples: int = opt(0, "use only the first N training examples; 0 = all", min=0, note="0 = all")
+    cpu_threads: int = opt(0, "torch CPU threads (torch.set_num_threads); 0 = torch's default, one per core",
+                           min=0, note="0 = torch's default")
 
     def validate(self) -> list[str]:
         """The recipe. The paths (release, out, train, dev) are checked by `finetune` and `evaluate`, which
         report them together with these problems: `evaluate` fills release and out per checkpoint."""
-        problems = []
-        if self.task not in FINETUNE_TASKS:
-            problems.append(f"finetune.task={self.task!r}: must be one of {', '.join(FINETUNE_TASKS)}")
-        if not 8 <= self.max_seq_length <= 65535:
-            problems.append(f"finetune.max_seq_length={self.max_seq_length}: must be in [8, 65535]")
-        for name in ("batch_size", "eval_batch_size", "epochs"):
-            if getattr(self, name) < 1:
-                problems.append(f"finetune.{name}={getattr(self, name)}: must be >= 1")
-        if self.lr <= 0:
-            problems.append(f"finetune.lr={self.lr}: must be > 0")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            problems.append(f"finetune.warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
-        if self.weight_decay < 0 or self.clip_grad_norm < 0:
-            problems.append("finetune: weight_decay and clip_grad_norm must be >= 0")
+        problems = bounds_problems("finetune", self)
         if not self.seeds:
             problems.append("finetune.seeds: give at least one seed, e.g. --seeds 1,2,3")
         elif len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             problems.append(f"finetune.seeds={','.join(map(str, self.seeds))}: must be distinct and >= 0")
         if len(set(self.labels)) != len(self.labels):
             problems.append("finetune.labels: a label is listed twice")
-        if self.device not in FINETUNE_DEVICES:
-            problems.append(f"finetune.device={self.device!r}: must be one of {', '.join(FINETUNE_DEVICES)}")
-        if self.max_train_examples < 0:
-            problems.append(f"finetune.max_train_examples={self.max_train_examples}: must be >= 0 (0 = all)")
-        if self.cpu_threads < 0:
-            problems.append(f"finetune.cpu_threads={self.cpu_threads}: must be >= 0 (0 = torch's default)")
         return problems
 
 
@@ -109,15 +93,13 @@ class EvaluateConfig:
     run_dir: str = opt("", "run directory of `kobert-pretrain train`")
     out: str = opt("", "output directory (evaluate.json, evaluate.png, one folder per step); "
                        "empty = RUN_DIR/evaluate; re-running skips the steps already there")
-    every: int = opt(0, "evaluate the checkpoints whose step is a multiple of this; 0 = see steps")
+    every: int = opt(0, "evaluate the checkpoints whose step is a multiple of this; 0 = see steps", min=0)
     steps: list[int] = opt([], "evaluate exactly these steps, e.g. 1000,5000; empty (and every = 0) = all kept")
     vocab: str = opt("", "vocabulary directory for convert; empty = the one recorded with the run's shards")
 
     def validate(self) -> list[str]:
         """The selection; the run directory is checked by `evaluate`."""
-        problems = []
-        if self.every < 0:
-            problems.append(f"evaluate.every={self.every}: must be >= 0")
+        problems = bounds_problems("evaluate", self)
         if self.every and self.steps:
             problems.append("evaluate: give --every K or --steps N,M,..., not both")
         if any(s < 0 for s in self.steps):

@@ -10,7 +10,6 @@ from dataclasses import field
 from typing import Any
 
 
-
 def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
         max: float | None = None, open_min: bool = False, open_max: bool = False, note: str = "",
         shown: str = "") -> Any:
