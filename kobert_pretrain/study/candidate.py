@@ -112,8 +112,7 @@ def measure(c: Config, split: Split, where: Path, vocab: Vocab, name: str) -> di
     for r in records:
         if r.get("kind") != "eval" or r.get("eval_mlm_bits_per_char") is None:
             continue
-        sequences = r.get("sequences_seen", r["step"] * global_batch)
-        text_tokens = max(0, r["tokens_seen"] - specials * sequences)
+        text_tokens = max(0, r["tokens_seen"] - specials * r["sequences_seen"])
         curve.append({"step": r["step"], "tokens_seen": r["tokens_seen"], "text_tokens_seen": text_tokens,
                       "characters_seen": text_tokens * chars_per_token, "bits_per_char": r["eval_mlm_bits_per_char"],
                       "mlm_loss_per_token": r["eval_mlm_loss"], "mlm_acc": r["eval_mlm_acc"],
@@ -142,6 +141,7 @@ def measure(c: Config, split: Split, where: Path, vocab: Vocab, name: str) -> di
 
 
 def train_set_batch(c: Config) -> int:
+    """Sequences per optimizer step of a candidate's run: one rank (a study refuses horovodrun)."""
     return c.train.global_batch_size if c.train.global_batch_size else c.train.micro_batch_size
 
 
