@@ -6,6 +6,7 @@ Each writes its result directory in the work directory (`prepare.workdir`) and r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,16 +45,26 @@ def init_worker(ctx: TaskContext) -> None:
     _CONTEXT = ctx
 
 
+def phase_task(phase: str):
+    """`fn(t, ctx, final)` as `run(t, ctx=None)`: the task's result when it is finished already (a resume),
+    else fn's, written to `final`; ctx defaults to this worker process's context."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(t: int, ctx: TaskContext | None = None) -> dict:
+            ctx = ctx or _CONTEXT
+            final = workdir.task_dir(ctx.work, phase, t)
+            meta = workdir.finished(final, ctx.fingerprint)
+            return meta if meta is not None else fn(t, ctx, final)
+        return run
+    return wrap
+
+
 # ---------------------------------------------------------------------------- phase 1: clean
 
 
-def run_clean(t: int, ctx: TaskContext | None = None) -> dict:
+@phase_task("clean")
+def run_clean(t: int, ctx: TaskContext, final: Path) -> dict:
     """Read task t's records, apply the text filters, split paragraphs into sentences."""
-    ctx = ctx or _CONTEXT
-    final = workdir.task_dir(ctx.work, "clean", t)
-    meta = workdir.finished(final, ctx.fingerprint)
-    if meta is not None:
-        return meta
     cfg = ctx.cfg
     filters = Filters(cfg)
     splitter = ctx.splitter()  # one per worker process: its counters run on over tasks
@@ -93,13 +104,9 @@ def run_clean(t: int, ctx: TaskContext | None = None) -> dict:
 # --------------------------------------------------------------------------- phase 3: filter
 
 
-def run_filter(t: int, ctx: TaskContext | None = None) -> dict:
+@phase_task("filter")
+def run_filter(t: int, ctx: TaskContext, final: Path) -> dict:
     """Drop boilerplate lines, short and non-Hangul sentences and documents; hash and sign the rest."""
-    ctx = ctx or _CONTEXT
-    final = workdir.task_dir(ctx.work, "filter", t)
-    meta = workdir.finished(final, ctx.fingerprint)
-    if meta is not None:
-        return meta
     cfg = ctx.cfg
     filters = Filters(cfg)
     src = workdir.task_dir(ctx.work, "clean", t)
