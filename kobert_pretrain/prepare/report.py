@@ -124,25 +124,14 @@ def plots(report: dict, coverage_curve: list[float]) -> dict[str, bytes]:
     ax.set_title("What each filter removed")
     images["filters"] = _png(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 3.2))
     bins = out["sentence_length_bins"]
     labels = [f"{a}-{b - 1}" for a, b in zip(bins, bins[1:])] + [f"{bins[-1]}+"]
-    ax.bar(labels, out["sentence_length_counts"], color="#55a868")
-    ax.set_xlabel("sentence length, characters")
-    ax.set_ylabel("sentences")
-    ax.set_title("Sentence length (output)")
-    ax.tick_params(axis="x", rotation=45)
-    images["sentence_length"] = _png(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    images["sentence_length"] = _histogram(plt, labels, out["sentence_length_counts"], "#55a868",
+                                           "sentence length, characters", "sentences", "Sentence length (output)")
     bins = out["document_sentences_bins"]
     labels = [str(a) if b == a + 1 else f"{a}-{b - 1}" for a, b in zip(bins, bins[1:])] + [f"{bins[-1]}+"]
-    ax.bar(labels, out["document_sentences_counts"], color="#c44e52")
-    ax.set_xlabel("document length, sentences")
-    ax.set_ylabel("documents")
-    ax.set_title("Document length (output)")
-    ax.tick_params(axis="x", rotation=45)
-    images["document_length"] = _png(fig)
+    images["document_length"] = _histogram(plt, labels, out["document_sentences_counts"], "#c44e52",
+                                           "document length, sentences", "documents", "Document length (output)")
 
     fig, ax = plt.subplots(figsize=(7, 3.2))
     if coverage_curve:
@@ -156,6 +145,16 @@ def plots(report: dict, coverage_curve: list[float]) -> dict[str, bytes]:
     ax.set_title("Character coverage (output)")
     images["coverage"] = _png(fig)
     return images
+
+
+def _histogram(plt, labels: list[str], counts: list[int], color: str, xlabel: str, ylabel: str, title: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar(labels, counts, color=color)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=45)
+    return _png(fig)
 
 
 def _png(fig) -> bytes:
