@@ -9,8 +9,8 @@
 
 A directory is "ours" when it is new, empty, or holds an earlier run (a
 config.json written by `train`, or checkpoints/), which this one resumes.
-SIGTERM and SIGUSR1 mean "checkpoint at the next step boundary, then exit 75"
-while `PreemptionSignals` is entered.
+SIGTERM, SIGUSR1 and a first Ctrl-C (SIGINT) mean "checkpoint at the next step
+boundary, then exit 75" while `PreemptionSignals` is entered; a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 LOCK = ".lock"
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving a checkpoint; resume later
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1/SIGINT after saving a checkpoint; resume later
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preempted(Exception):
@@ -164,8 +164,9 @@ class RunDir:
 
 
 class PreemptionSignals:
-    """While entered, SIGTERM and SIGUSR1 only record their name in `received` (the trainer checkpoints
-    at the next step boundary and exits 75); leaving restores the previous handlers."""
+    """While entered, SIGTERM, SIGUSR1 and a first SIGINT only record their name in `received` (the trainer
+    checkpoints at the next step boundary and exits 75); a second SIGINT (Ctrl-C twice) raises
+    KeyboardInterrupt at once, as without a handler. Leaving restores the previous handlers."""
 
     def __init__(self):
         self.received: str | None = None
@@ -173,9 +174,13 @@ class PreemptionSignals:
 
     def __enter__(self) -> "PreemptionSignals":
         def handler(signum, frame):
-            self.received = signal.Signals(signum).name
-            print(f"train: {signal.Signals(signum).name} received: saving a checkpoint at the next step "
-                  "boundary, then exiting", file=sys.stderr, flush=True)
+            name = signal.Signals(signum).name
+            if signum == signal.SIGINT and self.received is not None:
+                raise KeyboardInterrupt
+            self.received = self.received or name
+            again = " (Ctrl-C again to stop now, without it)" if signum == signal.SIGINT else ""
+            print(f"train: {name} received: saving a checkpoint at the next step boundary, then exiting{again}",
+                  file=sys.stderr, flush=True)
 
         for sig in PREEMPT_SIGNALS:
             self._previous[sig] = signal.signal(sig, handler)

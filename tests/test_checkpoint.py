@@ -192,14 +192,15 @@ def wait_for_step(run, step, proc, timeout=120):
         time.sleep(0.05)
 
 
-def test_sigterm_saves_exits_75_and_resume_matches(tmp_path, debug_shards, uninterrupted):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_saves_exits_75_and_resume_matches(tmp_path, debug_shards, uninterrupted, sig):
     run = tmp_path / "run"
     proc = start(debug_shards, run)
     wait_for_step(run, 6, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     code, err = finish(proc)
     assert code == 75, err
-    assert "SIGTERM received" in err and "resume with --resume auto" in err
+    assert f"{sig.name} received" in err and "resume with --resume auto" in err
     saved = CheckpointManager(run).latest()
     assert saved is not None and 6 <= saved.step < 40
     code, err = finish(start(debug_shards, run))

@@ -110,3 +110,22 @@ def test_a_signal_during_set_up_still_means_checkpoint_and_exit_75(tmp_path, deb
     assert info.value.signal_name == "SIGTERM" and info.value.step == 1
     assert CheckpointManager(tmp_path / "run").latest().step == 1
     assert signal.getsignal(signal.SIGTERM) is previous  # close() restores the handlers
+
+
+def test_ctrl_c_once_asks_for_a_checkpoint_twice_stops_now(capsys):
+    import os
+    import signal
+
+    from kobert_pretrain.run_dir import PreemptionSignals
+
+    previous = signal.getsignal(signal.SIGINT)
+    with PreemptionSignals() as signals:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signals.received == "SIGINT"
+        os.kill(os.getpid(), signal.SIGTERM)  # a later signal of another kind changes nothing
+        assert signals.received == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is previous
+    err = capsys.readouterr().err
+    assert "train: SIGINT received: saving a checkpoint at the next step boundary, then exiting (Ctrl-C again" in err
