@@ -108,9 +108,9 @@ def _prepare(cfg: PrepareConfig, dist, paths: list[Path], out: Path, work: Path,
     timings["clean"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    if dist.is_root and cfg.boilerplate_min_docs and not (work / "boilerplate.npy").is_file():
+    if dist.is_root and cfg.boilerplate_min_docs and not workdir.boilerplate_file(work).is_file():
         found = corpus_wide.find_boilerplate(work, len(tasks), cfg.boilerplate_min_docs)
-        atomic_write_bytes(work / "boilerplate.npy", workdir.npy_bytes(found))
+        atomic_write_bytes(workdir.boilerplate_file(work), workdir.npy_bytes(found))
     dist.barrier("prepare.boilerplate")
     timings["boilerplate"] = time.perf_counter() - started
 

@@ -37,7 +37,7 @@ def find_boilerplate(work: Path, num_tasks: int, min_docs: int) -> np.ndarray:
 
 def run_dedup(work: Path, cfg: PrepareConfig, num_tasks: int, fp: str) -> dict:
     """Corpus-wide duplicate decisions; per task: document status and sentence keep flags."""
-    final = work / "dedup"
+    final = workdir.dedup_dir(work)
     meta = workdir.finished(final, fp)
     if meta is not None:
         return meta
@@ -116,12 +116,12 @@ def write_corpus(work: Path, cfg: PrepareConfig, num_tasks: int, text_dir: Path 
     stats = OutputStats()
     samples = DedupSamples(cfg.samples_per_filter)
     wanted_matches: dict[int, list[dict]] = {}
+    decisions = workdir.dedup_dir(work)
     for t in range(num_tasks):
-        dedup_dir = work / "dedup"
-        status = np.load(dedup_dir / f"status-{t:06d}.npy")
-        keep = np.load(dedup_dir / f"keep-{t:06d}.npy")
-        match = np.load(dedup_dir / f"match-{t:06d}.npy")
-        similarity = np.load(dedup_dir / f"similarity-{t:06d}.npy")
+        status = np.load(decisions / f"status-{t:06d}.npy")
+        keep = np.load(decisions / f"keep-{t:06d}.npy")
+        match = np.load(decisions / f"match-{t:06d}.npy")
+        similarity = np.load(decisions / f"similarity-{t:06d}.npy")
         s = 0  # this document's first sentence in `keep`
         for d, sentences in enumerate(_documents(workdir.task_dir(work, "filter", t) / "documents.txt")):
             flags = keep[s:s + len(sentences)]

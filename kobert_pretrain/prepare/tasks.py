@@ -110,7 +110,8 @@ def run_filter(t: int, ctx: TaskContext, final: Path) -> dict:
     cfg = ctx.cfg
     filters = Filters(cfg)
     src = workdir.task_dir(ctx.work, "clean", t)
-    boilerplate = np.load(ctx.work / "boilerplate.npy") if cfg.boilerplate_min_docs else np.zeros(0, np.uint64)
+    boilerplate = np.load(workdir.boilerplate_file(ctx.work)) if cfg.boilerplate_min_docs \
+        else np.zeros(0, np.uint64)
     line_hash = np.load(src / "line_hash.npy")
     is_boilerplate = np.isin(line_hash, boilerplate) if len(boilerplate) else np.zeros(len(line_hash), bool)
     signer = dd.Signer(cfg.minhash_num_perm, cfg.minhash_ngram, cfg.seed, cfg.near_dup_threshold)

@@ -52,20 +52,31 @@ def claim(work: Path, fp: str, identity: dict) -> None:
 
 
 def task_dir(work: Path, phase: str, t: int) -> Path:
+    """Task t's result of a per-task phase (clean, filter)."""
     return work / phase / f"task-{t:06d}"
+
+
+def boilerplate_file(work: Path) -> Path:
+    """Phase 2's result: the sorted hashes of the boilerplate lines."""
+    return work / "boilerplate.npy"
+
+
+def dedup_dir(work: Path) -> Path:
+    """Phase 4's result: per task, document status and sentence keep flags."""
+    return work / "dedup"
+
+
+def read_meta(path: Path) -> dict:
+    return json.loads((path / META_FILE).read_text(encoding="utf-8"))
 
 
 def finished(path: Path, fp: str) -> dict | None:
     """A result directory's meta.json if it is complete and from this fingerprint."""
     try:
-        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        meta = read_meta(path)
     except (OSError, ValueError):
         return None
     return meta if meta.get("fingerprint") == fp else None
-
-
-def read_meta(path: Path) -> dict:
-    return json.loads((path / META_FILE).read_text(encoding="utf-8"))
 
 
 def begin(final: Path) -> Path:
